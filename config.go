@@ -1,0 +1,625 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-multierror"
+	"gopkg.in/yaml.v3"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/balance"
+)
+
+// Defaults for keys an operator leaves out. They follow nginx's stream
+// module where it has the same knob (max_fails=1, fail_timeout=10s).
+const (
+	defaultDialTimeout     = 3 * time.Second
+	defaultShutdownTimeout = 10 * time.Second
+	defaultMaxFails        = 1
+	defaultFailTimeout     = 10 * time.Second
+	defaultCheckInterval   = 5 * time.Second
+	defaultCheckTimeout    = time.Second
+	defaultCheckRise       = 2
+	defaultCheckFall       = 3
+	maxWeight              = 1000
+)
+
+// config is a loaded and validated configuration file.
+type config struct {
+	Path            string
+	ShutdownTimeout time.Duration
+	Apps            []*appConfig
+}
+
+// appConfig is one app: the ports it listens on and the targets it
+// forwards to, with every default already applied.
+type appConfig struct {
+	Name           string
+	Listen         string // host to bind; "" means all interfaces
+	Ports          []int
+	Targets        []targetConfig
+	DialTimeout    time.Duration
+	Balance        string
+	MaxFails       int
+	FailTimeout    time.Duration
+	HealthCheck    *healthCheckConfig // nil: no active checks
+	MaxConnections int                // 0: unlimited
+	MaxAttempts    int                // 0: every target
+	Allow, Deny    []netip.Prefix
+}
+
+// targetConfig is one target of an app.
+type targetConfig struct {
+	Address string // host:port as written in the config
+	Weight  int
+	Backup  bool
+}
+
+// healthCheckConfig enables active TCP-connect probes for an app.
+type healthCheckConfig struct {
+	Interval, Timeout time.Duration
+	Rise, Fall        int
+}
+
+// listenAddrs returns the addresses the app listens on, one per port,
+// in the form net.Listen and tcpproxy.Proxy.AddRoute take.
+func (a *appConfig) listenAddrs() []string {
+	addrs := make([]string, len(a.Ports))
+	for i, p := range a.Ports {
+		addrs[i] = net.JoinHostPort(a.Listen, strconv.Itoa(p))
+	}
+	return addrs
+}
+
+// The file model: what the YAML decodes into before validation.
+// Optional keys are pointers so that "not set" (take the default, or
+// the defaults: block) is told apart from a zero value.
+
+type fileConfig struct {
+	Defaults        appOptions `yaml:"defaults"`
+	ShutdownTimeout *string    `yaml:"shutdown_timeout"`
+	Apps            []appFile  `yaml:"apps"`
+}
+
+type appFile struct {
+	Name       string       `yaml:"name"`
+	Ports      []int        `yaml:"ports"`
+	Targets    []targetFile `yaml:"targets"`
+	appOptions `yaml:",inline"`
+}
+
+// appOptions are the per-app keys that may also stand in defaults:.
+type appOptions struct {
+	Listen         *string          `yaml:"listen"`
+	DialTimeout    *string          `yaml:"dial_timeout"`
+	Balance        *string          `yaml:"balance"`
+	MaxFails       *int             `yaml:"max_fails"`
+	FailTimeout    *string          `yaml:"fail_timeout"`
+	HealthCheck    *healthCheckFile `yaml:"health_check"`
+	MaxConnections *int             `yaml:"max_connections"`
+	MaxAttempts    *int             `yaml:"max_attempts"`
+	Allow          *[]string        `yaml:"allow"`
+	Deny           *[]string        `yaml:"deny"`
+}
+
+type healthCheckFile struct {
+	Interval *string `yaml:"interval"`
+	Timeout  *string `yaml:"timeout"`
+	Rise     *int    `yaml:"rise"`
+	Fall     *int    `yaml:"fall"`
+}
+
+// targetFile is a target written either as a plain "host:port" string
+// (the seed format) or as a mapping with address, weight and backup.
+type targetFile struct {
+	Address string
+	Weight  *int
+	Backup  bool
+}
+
+// UnmarshalYAML accepts both target forms. It checks the mapping's keys
+// itself because a custom unmarshaler does not inherit the decoder's
+// KnownFields setting.
+func (t *targetFile) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		t.Address = n.Value
+		return nil
+	case yaml.MappingNode:
+		var errs []string
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			var err error
+			switch k.Value {
+			case "address":
+				err = v.Decode(&t.Address)
+			case "weight":
+				t.Weight = new(int)
+				err = v.Decode(t.Weight)
+			case "backup":
+				err = v.Decode(&t.Backup)
+			default:
+				errs = append(errs, fmt.Sprintf("line %d: field %s not found in type main.targetFile", k.Line, k.Value))
+				continue
+			}
+			var te *yaml.TypeError
+			if errors.As(err, &te) {
+				errs = append(errs, te.Errors...)
+			} else if err != nil {
+				errs = append(errs, fmt.Sprintf("line %d: %v", v.Line, err))
+			}
+		}
+		if errs != nil {
+			return &yaml.TypeError{Errors: errs}
+		}
+		return nil
+	default:
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: a target is a \"host:port\" string or a mapping with address, weight and backup", n.Line)}}
+	}
+}
+
+// loadConfig reads, decodes and validates the config file at path. On
+// failure the error lists every problem found, one per line, each
+// prefixed with path:line.
+func loadConfig(path string) (*config, error) {
+	data, err := readConfigFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return parseConfig(path, data)
+}
+
+// readConfigFile reads path, turning the ways a path can be wrong into
+// errors an operator can act on.
+func readConfigFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s: config file not found", path)
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if fi.IsDir() {
+		return nil, fmt.Errorf("%s: is a directory, not a config file", path)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: cannot read config: %w", path, err)
+	}
+	return data, nil
+}
+
+// parseConfig decodes and validates data, which was read from path.
+func parseConfig(path string, data []byte) (*config, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("%s: config file is empty (it needs an apps: list)", path)
+	}
+	if bytes.IndexByte(data, 0) >= 0 {
+		return nil, fmt.Errorf("%s: not a YAML text file (it contains NUL bytes)", path)
+	}
+
+	// Two passes over the same text: a yaml.Node tree gives the line of
+	// any value for the validator, and a strict decode into the file
+	// model catches unknown keys and wrong types, all of them at once.
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%s: invalid YAML: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	v := &validator{path: path, root: &root, typeErrLines: map[int]bool{}}
+
+	var f fileConfig
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, fmt.Errorf("%s: invalid YAML: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		}
+		for _, msg := range te.Errors {
+			v.addTypeError(msg)
+		}
+	}
+
+	cfg := v.validate(&f)
+	if err := v.err(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// validator turns the file model into a config, collecting every
+// problem it finds together with the line it stands on.
+type validator struct {
+	path         string
+	root         *yaml.Node
+	errs         *multierror.Error
+	typeErrLines map[int]bool // lines already reported by the decoder
+}
+
+var (
+	yamlLineRE     = regexp.MustCompile(`^line (\d+): (.*)$`)
+	yamlUnknownRE  = regexp.MustCompile(`^field (\S+) not found in type main\.(\w+)$`)
+	yamlCannotRE   = regexp.MustCompile("^cannot unmarshal !!(\\w+) `?(.*?)`? into (.+)$")
+	yamlTypeNames  = map[string]string{"int": "an integer", "string": "a string", "bool": "true or false", "[]int": "a list of ports", "[]main.targetFile": "a list of targets", "[]main.appFile": "a list of apps", "[]string": "a list", "main.appFile": "an app mapping", "main.fileConfig": "a mapping", "main.appOptions": "a mapping", "main.healthCheckFile": "a mapping"}
+	fileModelNames = map[string]string{"fileConfig": "top level", "appFile": "app", "appOptions": "defaults", "healthCheckFile": "health_check", "targetFile": "target"}
+)
+
+// addTypeError records one of yaml.v3's decode errors, reworded for an
+// operator ("line 4: field tagets not found in type main.appFile"
+// becomes `path:4: unknown key "tagets" in app`).
+func (v *validator) addTypeError(msg string) {
+	line := 0
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	}
+	if m := yamlUnknownRE.FindStringSubmatch(msg); m != nil {
+		msg = fmt.Sprintf("unknown key %q in %s", m[1], fileModelNames[m[2]])
+	} else if m := yamlCannotRE.FindStringSubmatch(msg); m != nil {
+		want := yamlTypeNames[m[3]]
+		if want == "" {
+			want = m[3]
+		}
+		if m[2] != "" {
+			msg = fmt.Sprintf("%q must be %s", m[2], want)
+		} else {
+			msg = fmt.Sprintf("a %s here must be %s", m[1], want)
+		}
+	}
+	v.typeErrLines[line] = true
+	v.errs = multierror.Append(v.errs, fmt.Errorf("%s:%d: %s", v.path, line, msg))
+}
+
+// errorf records a problem at node n (nil when the key is absent: the
+// line then falls back to the enclosing node, given as fallback).
+func (v *validator) errorf(n *yaml.Node, format string, args ...any) {
+	line := 0
+	if n != nil {
+		line = n.Line
+	}
+	if v.typeErrLines[line] && line != 0 {
+		return // the decoder already said what is wrong on this line
+	}
+	v.errs = multierror.Append(v.errs, fmt.Errorf("%s:%d: %s", v.path, line, fmt.Sprintf(format, args...)))
+}
+
+func (v *validator) err() error {
+	if v.errs == nil {
+		return nil
+	}
+	v.errs.ErrorFormat = func(es []error) string {
+		lines := make([]string, len(es))
+		for i, e := range es {
+			lines[i] = e.Error()
+		}
+		return strings.Join(lines, "\n")
+	}
+	return v.errs
+}
+
+// node returns the YAML node at path below the document root, where a
+// string step is a mapping key and an int step a sequence index, or the
+// deepest node found on the way when a step is missing.
+func (v *validator) node(path ...any) *yaml.Node {
+	n := v.root
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	for _, step := range path {
+		next := (*yaml.Node)(nil)
+		switch s := step.(type) {
+		case string:
+			if n.Kind == yaml.MappingNode {
+				for i := 0; i+1 < len(n.Content); i += 2 {
+					if n.Content[i].Value == s {
+						next = n.Content[i+1]
+						break
+					}
+				}
+			}
+		case int:
+			if n.Kind == yaml.SequenceNode && s < len(n.Content) {
+				next = n.Content[s]
+			}
+		}
+		if next == nil {
+			return n
+		}
+		n = next
+	}
+	return n
+}
+
+// validate checks f and builds the config from it.
+func (v *validator) validate(f *fileConfig) *config {
+	cfg := &config{Path: v.path, ShutdownTimeout: defaultShutdownTimeout}
+	if f.ShutdownTimeout != nil {
+		cfg.ShutdownTimeout = v.durationAt(v.node("shutdown_timeout"), *f.ShutdownTimeout, "shutdown_timeout", false)
+	}
+	if len(f.Apps) == 0 {
+		v.errorf(v.node("apps"), "no apps: the config needs an apps: list with at least one app")
+	}
+
+	names := map[string]int{} // app name -> line of first use
+	type boundPort struct {
+		app, host string
+		line      int
+	}
+	ports := map[int][]boundPort{}
+
+	for i := range f.Apps {
+		af := &f.Apps[i]
+		at := func(steps ...any) *yaml.Node { return v.node(append([]any{"apps", i}, steps...)...) }
+		label := fmt.Sprintf("app #%d", i+1)
+		switch {
+		case strings.TrimSpace(af.Name) == "":
+			v.errorf(at("name"), "%s: missing name", label)
+		case names[af.Name] != 0:
+			v.errorf(at("name"), "app %q: duplicate app name (first used at line %d)", af.Name, names[af.Name])
+		default:
+			names[af.Name] = at("name").Line
+			label = fmt.Sprintf("app %q", af.Name)
+		}
+
+		app := v.appOptions(&af.appOptions, &f.Defaults, label, at)
+		app.Name = af.Name
+
+		if len(af.Ports) == 0 {
+			v.errorf(at("ports"), "%s: no ports", label)
+		}
+		for j, p := range af.Ports {
+			pn := at("ports", j)
+			if p < 1 || p > 65535 {
+				v.errorf(pn, "%s: port %d outside 1..65535", label, p)
+				continue
+			}
+			for _, other := range ports[p] {
+				if listenConflict(app.Listen, other.host) {
+					where := "within the app"
+					if other.app != label {
+						where = "also used by " + other.app
+					}
+					v.errorf(pn, "%s: listen address %s is already used at line %d (%s)", label, net.JoinHostPort(app.Listen, strconv.Itoa(p)), other.line, where)
+					break
+				}
+			}
+			ports[p] = append(ports[p], boundPort{app: label, host: app.Listen, line: pn.Line})
+			app.Ports = append(app.Ports, p)
+		}
+
+		if len(af.Targets) == 0 {
+			v.errorf(at("targets"), "%s: no targets", label)
+		}
+		for j, tf := range af.Targets {
+			tn := at("targets", j)
+			if tn.Kind == yaml.MappingNode {
+				tn = at("targets", j, "address")
+			}
+			if err := checkHostPort(tf.Address); err != nil {
+				v.errorf(tn, "%s: target %q: %v", label, tf.Address, err)
+			}
+			t := targetConfig{Address: tf.Address, Weight: 1, Backup: tf.Backup}
+			if tf.Weight != nil {
+				t.Weight = *tf.Weight
+				if t.Weight < 0 || t.Weight > maxWeight {
+					v.errorf(at("targets", j, "weight"), "%s: target %q: weight %d outside 0..%d", label, tf.Address, t.Weight, maxWeight)
+				}
+			}
+			app.Targets = append(app.Targets, t)
+		}
+		cfg.Apps = append(cfg.Apps, app)
+	}
+	return cfg
+}
+
+// appOptions resolves the per-app options of one app: its own value if
+// set, else the defaults: block's, else the built-in default.
+func (v *validator) appOptions(own, def *appOptions, label string, at func(...any) *yaml.Node) *appConfig {
+	// pick returns which block sets a key and the node to blame.
+	pick := func(key string, set func(*appOptions) bool) (*appOptions, *yaml.Node, bool) {
+		if set(own) {
+			return own, at(key), true
+		}
+		if set(def) {
+			return def, v.node("defaults", key), true
+		}
+		return nil, nil, false
+	}
+	app := &appConfig{
+		DialTimeout: defaultDialTimeout,
+		Balance:     balance.Random,
+		MaxFails:    defaultMaxFails,
+		FailTimeout: defaultFailTimeout,
+	}
+	if o, n, ok := pick("listen", func(o *appOptions) bool { return o.Listen != nil }); ok {
+		app.Listen = strings.Trim(*o.Listen, "[]")
+		if app.Listen != "" && strings.ContainsAny(app.Listen, ": ") && net.ParseIP(app.Listen) == nil {
+			v.errorf(n, "%s: listen %q is not a host or IP address (ports go in ports:)", label, *o.Listen)
+		}
+	}
+	if o, n, ok := pick("dial_timeout", func(o *appOptions) bool { return o.DialTimeout != nil }); ok {
+		app.DialTimeout = v.durationAt(n, *o.DialTimeout, label+": dial_timeout", true)
+	}
+	if o, n, ok := pick("balance", func(o *appOptions) bool { return o.Balance != nil }); ok {
+		app.Balance = *o.Balance
+		if !balance.Valid(app.Balance) {
+			v.errorf(n, "%s: balance %q: must be one of random, round_robin, least_conn, hash", label, app.Balance)
+		}
+	}
+	if o, n, ok := pick("max_fails", func(o *appOptions) bool { return o.MaxFails != nil }); ok {
+		app.MaxFails = *o.MaxFails
+		if app.MaxFails < 0 {
+			v.errorf(n, "%s: max_fails %d: must be 0 (passive health off) or more", label, app.MaxFails)
+		}
+	}
+	if o, n, ok := pick("fail_timeout", func(o *appOptions) bool { return o.FailTimeout != nil }); ok {
+		app.FailTimeout = v.durationAt(n, *o.FailTimeout, label+": fail_timeout", true)
+	}
+	if o, n, ok := pick("health_check", func(o *appOptions) bool { return o.HealthCheck != nil }); ok {
+		app.HealthCheck = v.healthCheck(o.HealthCheck, n, label)
+	}
+	if o, n, ok := pick("max_connections", func(o *appOptions) bool { return o.MaxConnections != nil }); ok {
+		app.MaxConnections = *o.MaxConnections
+		if app.MaxConnections < 0 {
+			v.errorf(n, "%s: max_connections %d: must be 0 (unlimited) or more", label, app.MaxConnections)
+		}
+	}
+	if o, n, ok := pick("max_attempts", func(o *appOptions) bool { return o.MaxAttempts != nil }); ok {
+		app.MaxAttempts = *o.MaxAttempts
+		if app.MaxAttempts < 0 {
+			v.errorf(n, "%s: max_attempts %d: must be 0 (every target) or more", label, app.MaxAttempts)
+		}
+	}
+	if o, n, ok := pick("allow", func(o *appOptions) bool { return o.Allow != nil }); ok {
+		app.Allow = v.prefixes(*o.Allow, n, label+": allow")
+	}
+	if o, n, ok := pick("deny", func(o *appOptions) bool { return o.Deny != nil }); ok {
+		app.Deny = v.prefixes(*o.Deny, n, label+": deny")
+	}
+	return app
+}
+
+func (v *validator) healthCheck(f *healthCheckFile, n *yaml.Node, label string) *healthCheckConfig {
+	hc := &healthCheckConfig{Interval: defaultCheckInterval, Timeout: defaultCheckTimeout, Rise: defaultCheckRise, Fall: defaultCheckFall}
+	key := func(k string) *yaml.Node { return keyNode(n, k) }
+	if f.Interval != nil {
+		hc.Interval = v.durationAt(key("interval"), *f.Interval, label+": health_check.interval", true)
+	}
+	if f.Timeout != nil {
+		hc.Timeout = v.durationAt(key("timeout"), *f.Timeout, label+": health_check.timeout", true)
+	}
+	if f.Rise != nil {
+		if hc.Rise = *f.Rise; hc.Rise < 1 {
+			v.errorf(key("rise"), "%s: health_check.rise %d: must be 1 or more", label, hc.Rise)
+		}
+	}
+	if f.Fall != nil {
+		if hc.Fall = *f.Fall; hc.Fall < 1 {
+			v.errorf(key("fall"), "%s: health_check.fall %d: must be 1 or more", label, hc.Fall)
+		}
+	}
+	return hc
+}
+
+// keyNode returns the value node of key in mapping n, or n itself.
+func keyNode(n *yaml.Node, key string) *yaml.Node {
+	if n != nil && n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				return n.Content[i+1]
+			}
+		}
+	}
+	return n
+}
+
+// prefixes parses allow/deny entries: CIDRs or single addresses.
+func (v *validator) prefixes(list []string, n *yaml.Node, label string) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(list))
+	for i, s := range list {
+		en := n
+		if n != nil && n.Kind == yaml.SequenceNode && i < len(n.Content) {
+			en = n.Content[i]
+		}
+		p, err := parsePrefix(s)
+		if err != nil {
+			v.errorf(en, "%s: %q is not an IP address or CIDR", label, s)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// parsePrefix parses "10.0.0.0/8", "2001:db8::/32" or a single address,
+// which becomes a prefix of one address. IPv4-mapped IPv6 is unmapped so
+// that it matches clients the way the operator wrote it.
+func parsePrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// durationAt parses a Go duration such as "3s" or "1m30s" found at n.
+func (v *validator) durationAt(n *yaml.Node, s, label string, positive bool) time.Duration {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		v.errorf(n, "%s: %q is not a duration (use e.g. 3s, 500ms, 1m)", label, s)
+		return 0
+	}
+	if positive && d <= 0 || d < 0 {
+		v.errorf(n, "%s: %s must be greater than zero", label, s)
+	}
+	return d
+}
+
+// checkHostPort reports whether s is a dialable "host:port" with a
+// numeric port in 1..65535. The host may be a DNS name: it is resolved
+// at dial time, so a name that moves is followed.
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New(`not "host:port"`)
+	}
+	if host == "" {
+		return errors.New("missing host")
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("port %q outside 1..65535", port)
+	}
+	return nil
+}
+
+// listenConflict reports whether binding host a and host b on the same
+// port would clash. The wildcard hosts ("" and "::", dual-stack on
+// Linux) clash with everything, 0.0.0.0 with every IPv4 host. The
+// library keys routes by the address string, so ":80" and "0.0.0.0:80"
+// would otherwise become two listeners fighting for one socket.
+func listenConflict(a, b string) bool {
+	if a == b {
+		return true
+	}
+	wild := func(h string) bool { return h == "" || h == "::" }
+	if wild(a) || wild(b) {
+		return true
+	}
+	v4 := func(h string) bool { ip := net.ParseIP(h); return ip != nil && ip.To4() != nil }
+	if a == "0.0.0.0" && v4(b) || b == "0.0.0.0" && v4(a) {
+		return true
+	}
+	return false
+}
+
+// summary is the one-line result of -check.
+func (c *config) summary() string {
+	listeners, targets := 0, 0
+	for _, a := range c.Apps {
+		listeners += len(a.Ports)
+		targets += len(a.Targets)
+	}
+	return fmt.Sprintf("config OK: %d apps, %d listeners, %d targets", len(c.Apps), listeners, targets)
+}

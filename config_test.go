@@ -1,0 +1,226 @@
+package main
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// writeConfig writes text to a config file in a test's temp dir.
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestLoadConfigSeedFormat(t *testing.T) {
+	// Exactly as users of the original program write it.
+	path := writeConfig(t, `apps:
+- name: five-thousand
+  ports: [5001, 5200]
+  targets:
+  - 127.0.0.1:9001
+  - 127.0.0.1:9002
+`)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Apps) != 1 {
+		t.Fatalf("apps = %d, want 1", len(cfg.Apps))
+	}
+	a := cfg.Apps[0]
+	if a.Name != "five-thousand" || len(a.Ports) != 2 || a.Ports[0] != 5001 || a.Ports[1] != 5200 {
+		t.Errorf("app = %+v", a)
+	}
+	if len(a.Targets) != 2 || a.Targets[0] != (targetConfig{Address: "127.0.0.1:9001", Weight: 1}) {
+		t.Errorf("targets = %+v", a.Targets)
+	}
+	if a.DialTimeout != 3*time.Second || cfg.ShutdownTimeout != 10*time.Second || a.Listen != "" || a.Balance != "random" {
+		t.Errorf("defaults not applied: dial_timeout %v shutdown_timeout %v listen %q balance %q", a.DialTimeout, cfg.ShutdownTimeout, a.Listen, a.Balance)
+	}
+	if got := a.listenAddrs(); got[0] != ":5001" || got[1] != ":5200" {
+		t.Errorf("listenAddrs = %v", got)
+	}
+	if got, want := cfg.summary(), "config OK: 1 apps, 2 listeners, 2 targets"; got != want {
+		t.Errorf("summary = %q, want %q", got, want)
+	}
+}
+
+func TestLoadConfigDefaultsAndOverrides(t *testing.T) {
+	path := writeConfig(t, `shutdown_timeout: 2s
+defaults:
+  listen: 127.0.0.1
+  dial_timeout: 500ms
+  balance: least_conn
+  max_fails: 3
+  fail_timeout: 30s
+  health_check: {interval: 2s}
+  max_connections: 10
+  max_attempts: 2
+  allow: [10.0.0.0/8, "::1", 192.168.1.7]
+  deny: ["2001:db8::/32"]
+apps:
+- name: a
+  ports: [7001]
+  targets: [127.0.0.1:1]
+- name: b
+  listen: "::1"
+  dial_timeout: 1s
+  balance: hash
+  max_connections: 0
+  allow: []
+  ports: [7002]
+  targets:
+  - address: 127.0.0.1:2
+    weight: 3
+  - {address: "[::1]:3", backup: true, weight: 0}
+`)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := cfg.Apps[0], cfg.Apps[1]
+	if cfg.ShutdownTimeout != 2*time.Second {
+		t.Errorf("shutdown_timeout = %v", cfg.ShutdownTimeout)
+	}
+	if a.Listen != "127.0.0.1" || a.DialTimeout != 500*time.Millisecond || a.Balance != "least_conn" || a.MaxFails != 3 ||
+		a.FailTimeout != 30*time.Second || a.MaxConnections != 10 || a.MaxAttempts != 2 {
+		t.Errorf("app a did not take the defaults: %+v", a)
+	}
+	if a.HealthCheck == nil || *a.HealthCheck != (healthCheckConfig{Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3}) {
+		t.Errorf("health_check = %+v", a.HealthCheck)
+	}
+	wantAllow := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("192.168.1.7/32")}
+	if len(a.Allow) != 3 || a.Allow[0] != wantAllow[0] || a.Allow[1] != wantAllow[1] || a.Allow[2] != wantAllow[2] {
+		t.Errorf("allow = %v", a.Allow)
+	}
+	if b.Listen != "::1" || b.DialTimeout != time.Second || b.Balance != "hash" || b.MaxConnections != 0 || len(b.Allow) != 0 || len(b.Deny) != 1 {
+		t.Errorf("app b did not override: %+v", b)
+	}
+	if b.Targets[0] != (targetConfig{Address: "127.0.0.1:2", Weight: 3}) || b.Targets[1] != (targetConfig{Address: "[::1]:3", Weight: 0, Backup: true}) {
+		t.Errorf("targets = %+v", b.Targets)
+	}
+	if got := b.listenAddrs()[0]; got != "[::1]:7002" {
+		t.Errorf("listen addr = %q", got)
+	}
+}
+
+func TestLoadConfigShippedExample(t *testing.T) {
+	cfg, err := loadConfig("config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Apps) < 2 {
+		t.Fatalf("the shipped config.yaml should show several apps, has %d", len(cfg.Apps))
+	}
+}
+
+// TestLoadConfigErrors checks that every kind of problem is reported
+// with the file, the line it stands on and the app.
+func TestLoadConfigErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string // substrings, each must appear; ":N:" pins the line
+	}{
+		{"no apps", "shutdown_timeout: 1s\n", []string{":1: no apps"}},
+		{"empty apps", "apps: []\n", []string{":1: no apps"}},
+		{"missing name", "apps:\n- ports: [1]\n  targets: [a:1]\n", []string{":2:", "app #1: missing name"}},
+		{"duplicate name", "apps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n- name: a\n  ports: [2]\n  targets: [a:1]\n",
+			[]string{`:5: app "a": duplicate app name (first used at line 2)`}},
+		{"no ports", "apps:\n- name: a\n  targets: [a:1]\n", []string{`:2: app "a": no ports`}},
+		{"empty ports", "apps:\n- name: a\n  ports: []\n  targets: [a:1]\n", []string{`:3: app "a": no ports`}},
+		{"port out of range", "apps:\n- name: a\n  ports:\n  - 80\n  - 70000\n  - 0\n  targets: [a:1]\n",
+			[]string{`:5: app "a": port 70000 outside 1..65535`, `:6: app "a": port 0 outside 1..65535`}},
+		{"port not a number", "apps:\n- name: a\n  ports: [http]\n  targets: [a:1]\n", []string{`:3: "http" must be an integer`}},
+		{"same port twice in one app", "apps:\n- name: a\n  ports: [80, 80]\n  targets: [a:1]\n",
+			[]string{`:3: app "a": listen address :80 is already used at line 3 (within the app)`}},
+		{"same port across apps", "apps:\n- name: a\n  ports: [80]\n  targets: [a:1]\n- name: b\n  ports:\n  - 80\n  targets: [a:1]\n",
+			[]string{`:7: app "b": listen address :80 is already used at line 3 (also used by app "a")`}},
+		{"wildcard and specific host clash", "apps:\n- name: a\n  ports: [80]\n  targets: [a:1]\n- name: b\n  listen: 0.0.0.0\n  ports: [80]\n  targets: [a:1]\n",
+			[]string{`:7: app "b": listen address 0.0.0.0:80 is already used at line 3`}},
+		{"different hosts do not clash", "apps:\n- name: a\n  listen: 127.0.0.1\n  ports: [80]\n  targets: [a:1]\n- name: b\n  listen: 127.0.0.2\n  ports: [80]\n  targets: [a:1]\n- name: c\n  ports: [x]\n  targets: [a:1]\n",
+			[]string{`:11: "x" must be an integer`}},
+		{"no targets", "apps:\n- name: a\n  ports: [1]\n", []string{`:2: app "a": no targets`}},
+		{"bad targets", "apps:\n- name: a\n  ports: [1]\n  targets:\n  - nohost\n  - host:99999\n  - :80\n  - host:http\n",
+			[]string{`:5: app "a": target "nohost": not "host:port"`, `:6: app "a": target "host:99999": port "99999" outside 1..65535`,
+				`:7: app "a": target ":80": missing host`, `:8: app "a": target "host:http"`}},
+		{"bad durations", "shutdown_timeout: soon\ndefaults:\n  dial_timeout: 3\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n  fail_timeout: -1s\n",
+			[]string{`:1: shutdown_timeout: "soon" is not a duration`, `:3: app "a": dial_timeout: "3" is not a duration`, `:8: app "a": fail_timeout: -1s must be greater than zero`}},
+		{"unknown keys", "apps:\n- name: a\n  ports: [1]\n  tagets: [a:1]\nlisten: x\n",
+			[]string{`:4: unknown key "tagets" in app`, `:5: unknown key "listen" in top level`, `:2: app "a": no targets`}},
+		{"invalid yaml", "apps:\n- name: a\n   ports: [1\n", []string{"invalid YAML", "line 3"}},
+		{"not a list", "apps: web\n", []string{`:1:`, "must be a list of apps"}},
+		{"balance", "apps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n  balance: fastest\n",
+			[]string{`:5: app "a": balance "fastest": must be one of random, round_robin, least_conn, hash`}},
+		{"negative numbers", "defaults:\n  max_fails: -1\n  max_connections: -2\n  max_attempts: -3\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n",
+			[]string{`:2: app "a": max_fails -1`, `:3: app "a": max_connections -2`, `:4: app "a": max_attempts -3`}},
+		{"health check", "apps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n  health_check:\n    interval: 0s\n    timeout: x\n    rise: 0\n    fall: -1\n    every: 1s\n",
+			[]string{`:6: app "a": health_check.interval: 0s must be greater than zero`, `:7: app "a": health_check.timeout: "x" is not a duration`,
+				`:8: app "a": health_check.rise 0`, `:9: app "a": health_check.fall -1`, `:10: unknown key "every" in health_check`}},
+		{"allow and deny", "apps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n  allow:\n  - 10.0.0.0/33\n  - 10.1.0.0/16\n  deny: [not-an-ip]\n",
+			[]string{`:6: app "a": allow: "10.0.0.0/33" is not an IP address or CIDR`, `:8: app "a": deny: "not-an-ip" is not an IP address or CIDR`}},
+		{"target mapping", "apps:\n- name: a\n  ports: [1]\n  targets:\n  - address: a:1\n    weight: 1001\n  - address: a:2\n    wieght: 2\n  - address: a:3\n    weight: heavy\n  - [a:4]\n",
+			[]string{`:6: app "a": target "a:1": weight 1001 outside 0..1000`, `:8: unknown key "wieght" in target`, `:10: "heavy" must be an integer`, `:11: a target is a "host:port" string`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeConfig(t, tt.yaml)
+			_, err := loadConfig(path)
+			if err == nil {
+				t.Fatalf("loadConfig succeeded, want errors %q", tt.want)
+			}
+			msg := err.Error()
+			for _, w := range tt.want {
+				if strings.HasPrefix(w, ":") {
+					w = path + w
+				}
+				if !strings.Contains(msg, w) {
+					t.Errorf("error does not contain %q; got:\n%s", w, msg)
+				}
+			}
+			for _, line := range strings.Split(msg, "\n") {
+				if !strings.HasPrefix(line, path) {
+					t.Errorf("error line does not name the file: %q", line)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadConfigFileProblems(t *testing.T) {
+	dir := t.TempDir()
+	binary := filepath.Join(dir, "binary.yaml")
+	if err := os.WriteFile(binary, []byte{0x7f, 'E', 'L', 'F', 0, 1, 2}, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty.yaml")
+	if err := os.WriteFile(empty, []byte("  \n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, path, want string
+	}{
+		{"missing", filepath.Join(dir, "nope.yaml"), "config file not found"},
+		{"directory", dir, "is a directory"},
+		{"empty", empty, "config file is empty"},
+		{"binary", binary, "not a YAML text file"},
+		// Reading it fails even for root, unlike a file with mode 000.
+		{"unreadable", "/proc/self/mem", "cannot read config"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := loadConfig(tt.path)
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), tt.path) {
+				t.Fatalf("err = %v, want %q prefixed by the path", err, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// deadAddr returns a loopback address nothing listens on, so that a dial
+// to it is refused at once.
+func deadAddr(t testing.TB) string {
+	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
+}
+
+// backend is a test server on loopback.
+type backend struct {
+	ln       net.Listener
+	addr     string
+	accepted atomic.Int64
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]bool
+}
+
+// startBackend serves handle for every connection until the test ends.
+func startBackend(t testing.TB, handle func(net.Conn)) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{ln: ln, addr: ln.Addr().String(), conns: map[net.Conn]bool{}}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.accepted.Add(1)
+			b.mu.Lock()
+			b.conns[c] = true
+			b.mu.Unlock()
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				defer func() {
+					c.Close()
+					b.mu.Lock()
+					delete(b.conns, c)
+					b.mu.Unlock()
+				}()
+				handle(c)
+			}()
+		}
+	}()
+	t.Cleanup(b.close)
+	return b
+}
+
+// open returns the number of connections the backend holds open.
+func (b *backend) open() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.conns)
+}
+
+// close stops the backend and closes its open connections.
+func (b *backend) close() {
+	b.ln.Close()
+	b.mu.Lock()
+	for c := range b.conns {
+		c.Close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}
+
+// echoHandler copies everything back until the client half-closes.
+func echoHandler(c net.Conn) { io.Copy(c, c) }
+
+// namedHandler answers with name and a newline, then echoes.
+func namedHandler(name string) func(net.Conn) {
+	return func(c net.Conn) {
+		if _, err := io.WriteString(c, name+"\n"); err != nil {
+			return
+		}
+		io.Copy(c, c)
+	}
+}
+
+// resetHandler accepts and resets the connection at once.
+func resetHandler(c net.Conn) {
+	c.(*net.TCPConn).SetLinger(0)
+}
+
+// testLogger returns a logger writing into a buffer the test can read.
+func testLogger() (*slog.Logger, *syncBuffer) {
+	var buf syncBuffer
+	return slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), &buf
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startProxy loads yamlText and runs it in-process until the test ends.
+func startProxy(t testing.TB, yamlText string) (*proxyServer, *syncBuffer) {
+	t.Helper()
+	cfg, err := parseConfig("test.yaml", []byte(yamlText))
+	if err != nil {
+		t.Fatalf("config: %v\n%s", err, yamlText)
+	}
+	log, buf := testLogger()
+	srv, err := newProxyServer(cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.shutdown(ctx)
+	})
+	return srv, buf
+}
+
+// appYAML is the YAML of one app listening on 127.0.0.1 ports.
+func appYAML(name string, ports []int, targets []string, extra string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "- name: %s\n  listen: 127.0.0.1\n  ports: %s\n  targets:\n", name, strings.Join(strings.Fields(fmt.Sprint(ports)), ", "))
+	for _, t := range targets {
+		fmt.Fprintf(&b, "  - %q\n", t)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(extra), "\n") {
+		if line != "" {
+			fmt.Fprintf(&b, "  %s\n", line)
+		}
+	}
+	return b.String()
+}
+
+// dialProxy connects to a proxy port on loopback.
+func dialProxy(t testing.TB, port int) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// readLine reads one line from c with a deadline.
+func readLine(t testing.TB, c net.Conn) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("read: %v (got %q)", err, line)
+	}
+	c.SetReadDeadline(time.Time{})
+	return strings.TrimSuffix(line, "\n")
+}
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// isRefused reports whether err is a refused connection.
+func isRefused(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtPath != "" {
+		os.RemoveAll(filepath.Dir(builtPath))
+	}
+	os.Exit(code)
+}
+
+var (
+	buildOnce sync.Once
+	builtPath string
+	buildErr  error
+)
+
+// buildBinary builds the tcpproxy binary once per test run.
+func buildBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tcpproxy-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtPath = filepath.Join(dir, "tcpproxy")
+		out, err := exec.Command("go", "build", "-o", builtPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtPath
+}
