@@ -84,10 +84,19 @@ func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, co
 	for _, t := range app.Targets {
 		ft.targets = append(ft.targets, &targetState{
 			cfg:    t,
-			health: health.NewTarget(t.Address, policy, ft.log.With("target", t.Address)),
+			health: health.NewTarget(t.Address, policy, ft.log),
 		})
 	}
 	return ft, nil
+}
+
+// healthTargets returns the health of each target, in config order.
+func (ft *failoverTarget) healthTargets() []*health.Target {
+	hs := make([]*health.Target, len(ft.targets))
+	for i, ts := range ft.targets {
+		hs[i] = ts.health
+	}
+	return hs
 }
 
 // Usable implements balance.State.
@@ -166,7 +175,9 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, *targetState,
 			c, err := ft.dialer.DialContext(ft.ctx, "tcp", ts.cfg.Address)
 			if err != nil {
 				now = time.Now()
-				ts.health.Failure(now, err)
+				if ft.app.MaxFails > 0 { // max_fails: 0 turns failure accounting off, as in nginx
+					ts.health.Failure(now, err)
+				}
 				errs = multierror.Append(errs, fmt.Errorf("%s: %w", ts.cfg.Address, unwrapOpError(err)))
 				continue
 			}

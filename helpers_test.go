@@ -50,7 +50,14 @@ type backend struct {
 // startBackend serves handle for every connection until the test ends.
 func startBackend(t testing.TB, handle func(net.Conn)) *backend {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startBackendOn(t, "127.0.0.1:0", handle)
+}
+
+// startBackendOn is startBackend on a given address, for a backend that
+// comes back where it was.
+func startBackendOn(t testing.TB, addr string, handle func(net.Conn)) *backend {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"time"
 
 	"github.com/inetaf/tcpproxy"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/health"
 )
 
 // proxyServer is the running proxy: one tcpproxy.Proxy with an AddRoute
@@ -17,7 +18,9 @@ type proxyServer struct {
 	proxy   *tcpproxy.Proxy
 	apps    []*failoverTarget
 	ownerOf map[string]string // listen address -> app name, for errors
+	ctx     context.Context   // cancelled when the server stops for good
 	cancel  context.CancelFunc
+	checks  []func() // waits for each app's active health checkers
 	log     *slog.Logger
 }
 
@@ -29,6 +32,7 @@ func newProxyServer(cfg *config, log *slog.Logger) (*proxyServer, error) {
 		cfg:     cfg,
 		proxy:   &tcpproxy.Proxy{},
 		ownerOf: map[string]string{},
+		ctx:     ctx,
 		cancel:  cancel,
 		log:     log,
 	}
@@ -66,6 +70,12 @@ func (s *proxyServer) start() error {
 		s.cancel()
 		return err
 	}
+	for _, ft := range s.apps {
+		if hc := ft.app.HealthCheck; hc != nil {
+			check := health.Check{Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall}
+			s.checks = append(s.checks, health.RunChecks(s.ctx, check, ft.healthTargets(), nil))
+		}
+	}
 	return nil
 }
 
@@ -90,9 +100,12 @@ func (s *proxyServer) shutdown(ctx context.Context) (drained, cut int) {
 		case <-ctx.Done():
 		}
 	}
-	s.cancel() // abort dials still in flight
+	s.cancel() // abort dials still in flight and stop health checks
 	for _, ft := range s.apps {
 		cut += ft.conns.closeAll()
+	}
+	for _, wait := range s.checks {
+		wait()
 	}
 	drained = open - cut
 	if drained < 0 {
@@ -113,9 +126,4 @@ func logConfig(log *slog.Logger, cfg *config) {
 		log.Info("app", "name", a.Name, "ports", a.Ports, "targets", targets, "listen", a.listenAddrs(),
 			"balance", a.Balance, "dial_timeout", a.DialTimeout.String())
 	}
-}
-
-// waitTimeout is a context that ends after d, for shutdown.
-func waitTimeout(d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), d)
 }

@@ -460,3 +460,108 @@ func TestBinaryDemo(t *testing.T) {
 		t.Fatalf("demo answers = %v, want both live backends", seen)
 	}
 }
+
+// procFDs counts the sockets and pipes that process pid holds open.
+func procFDs(t testing.TB, pid int) (sockets, pipes int) {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		l, err := os.Readlink(filepath.Join(dir, e.Name()))
+		switch {
+		case err != nil:
+		case strings.HasPrefix(l, "socket:"):
+			sockets++
+		case strings.HasPrefix(l, "pipe:"):
+			pipes++
+		}
+	}
+	return sockets, pipes
+}
+
+// TestBinarySpliceAndIdleDescriptors proves from outside that the relay
+// splices (the proxy process holds a pipe pair while a bulk transfer
+// runs; a user-space copy never creates one) and that an idle relayed
+// connection costs two descriptors, its sockets, and no pipes.
+func TestBinarySpliceAndIdleDescriptors(t *testing.T) {
+	sink := startBackend(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	echo := startBackend(t, echoHandler)
+	bulkPort, idlePort := freePort(t), freePort(t)
+	path := writeConfig(t, "apps:\n"+
+		appYAML("bulk", []int{bulkPort}, []string{sink.addr}, "")+
+		appYAML("idle", []int{idlePort}, []string{echo.addr}, ""))
+	cmd, out := runBinary(t, "-c", path)
+	pid := cmd.Process.Pid
+	waitFor(t, 10*time.Second, "the proxy to listen", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", idlePort))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+
+	t.Run("bulk transfer splices", func(t *testing.T) {
+		c := dialProxy(t, bulkPort)
+		stop := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			buf := make([]byte, 1<<20)
+			for {
+				select {
+				case <-stop:
+					done <- nil
+					return
+				default:
+				}
+				if _, err := c.Write(buf); err != nil {
+					done <- err
+					return
+				}
+			}
+		}()
+		sawPipe := false
+		deadline := time.Now().Add(10 * time.Second)
+		for !sawPipe && time.Now().Before(deadline) {
+			_, pipes := procFDs(t, pid)
+			sawPipe = pipes >= 2
+		}
+		close(stop)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if !sawPipe {
+			t.Fatalf("no splice pipe in the proxy during a bulk transfer: the relay copies in user space\n%s", out)
+		}
+	})
+
+	t.Run("idle connections hold no pipes", func(t *testing.T) {
+		const n = 200
+		// Only the two listeners once the bulk connection is gone.
+		const baseSockets = 2
+		waitFor(t, 5*time.Second, "the proxy to hold only its listeners", func() bool {
+			s, _ := procFDs(t, pid)
+			return s == baseSockets
+		})
+		conns := make([]net.Conn, n)
+		for i := range conns {
+			c := dialProxy(t, idlePort)
+			c.Write([]byte("ping\n"))
+			if got := readLine(t, c); got != "ping" {
+				t.Fatalf("echo = %q", got)
+			}
+			conns[i] = c
+		}
+		sockets, pipes := procFDs(t, pid)
+		if got := sockets - baseSockets; got != 2*n {
+			t.Errorf("%d idle connections hold %d sockets, want %d", n, got, 2*n)
+		}
+		// Go keeps a few pipes pooled after the bulk test; a relay that
+		// held pipes while idle would have 4 per connection here.
+		if pipes > 8 {
+			t.Errorf("%d idle connections hold %d pipe descriptors, want none beyond Go's small pool", n, pipes)
+		}
+	})
+}
