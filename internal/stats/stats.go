@@ -1,0 +1,99 @@
+// Package stats is the proxy's own accounting, read by the metrics
+// exporter, the status API and the status page alike.
+//
+// The connection path only adds to atomics (counters, and the buckets of
+// a fixed histogram); a scrape or a status request builds a Snapshot from
+// them. So nothing on the hot path depends on whether anyone is watching,
+// and every view of the proxy agrees with every other.
+package stats
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// Snapshot is the state of the whole proxy at one moment.
+type Snapshot struct {
+	Apps    []App   `json:"apps"`
+	Reloads Reloads `json:"-"`
+}
+
+// Reloads counts config reloads since start.
+type Reloads struct {
+	Success, Failure int64
+	LastSuccess      time.Time // zero until the first successful load
+}
+
+// App is one app's state. Counts are since the process started.
+type App struct {
+	Name           string    `json:"name"`
+	Listen         string    `json:"listen"`
+	Ports          []int     `json:"ports"`
+	Balance        string    `json:"balance"`
+	Active         int64     `json:"active"`
+	Total          int64     `json:"total"` // accepted connections
+	RejectedLimit  int64     `json:"rejected_limit"`
+	RejectedDenied int64     `json:"rejected_denied"`
+	Failed         int64     `json:"failed"` // every target failed
+	BytesToTarget  int64     `json:"bytes_to_target"`
+	BytesToClient  int64     `json:"bytes_to_client"`
+	Duration       Histogram `json:"-"`
+	Targets        []Target  `json:"targets"`
+}
+
+// Target is one target's state within an app.
+type Target struct {
+	Address     string     `json:"address"` // host:port as written in the config
+	Up          bool       `json:"up"`
+	Weight      int        `json:"weight"`
+	Backup      bool       `json:"backup"`
+	Active      int64      `json:"active"`
+	Total       int64      `json:"total"`    // connections relayed to it
+	Dials       int64      `json:"dials"`    // dial attempts
+	Failures    int64      `json:"failures"` // failed dials
+	LastError   string     `json:"last_error"`
+	LastErrorAt *time.Time `json:"last_error_at"` // RFC 3339; null when none
+}
+
+// DurationBuckets are the upper bounds, in seconds, of the connection
+// duration histogram: from a quick request/response to a long-lived
+// stream.
+var DurationBuckets = [...]float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600, 1800, 3600}
+
+// Histogram is a snapshot of a DurationRecorder.
+type Histogram struct {
+	Count   uint64
+	Sum     float64            // seconds
+	Buckets map[float64]uint64 // cumulative count per upper bound
+}
+
+// DurationRecorder is a lock-free histogram of connection durations with
+// the fixed DurationBuckets. The zero value is ready to use.
+type DurationRecorder struct {
+	counts [len(DurationBuckets) + 1]atomic.Uint64 // last: above every bound
+	sumNs  atomic.Int64
+}
+
+// Observe records one duration.
+func (r *DurationRecorder) Observe(d time.Duration) {
+	s := d.Seconds()
+	i := 0
+	for i < len(DurationBuckets) && s > DurationBuckets[i] {
+		i++
+	}
+	r.counts[i].Add(1)
+	r.sumNs.Add(int64(d))
+}
+
+// Snapshot returns the histogram with cumulative bucket counts.
+func (r *DurationRecorder) Snapshot() Histogram {
+	h := Histogram{Buckets: make(map[float64]uint64, len(DurationBuckets))}
+	var cum uint64
+	for i, b := range DurationBuckets {
+		cum += r.counts[i].Load()
+		h.Buckets[b] = cum
+	}
+	h.Count = cum + r.counts[len(DurationBuckets)].Load()
+	h.Sum = float64(r.sumNs.Load()) / 1e9
+	return h
+}
