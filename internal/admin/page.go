@@ -1,0 +1,247 @@
+package admin
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/stats"
+)
+
+//go:embed page.html
+var pageSource string
+
+// pageRefresh is how often the page reloads itself; it is in the template's
+// meta refresh as a number of seconds.
+const pageRefresh = 5 * time.Second
+
+// pageHandler renders the Snapshot as an HTML status page for people.
+type pageHandler struct {
+	snapshot func() stats.Snapshot
+	log      *slog.Logger
+	tmpl     *template.Template
+	started  time.Time
+	host     string
+}
+
+func newPageHandler(snapshot func() stats.Snapshot, log *slog.Logger) *pageHandler {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "" // only decorates the header; the page is useful without it
+	}
+	return &pageHandler{
+		snapshot: snapshot,
+		log:      log,
+		// The template is a constant of the package: failing to parse it is
+		// a bug that the tests catch, not a runtime condition.
+		tmpl:    template.Must(template.New("page").Parse(pageSource)),
+		started: time.Now(),
+		host:    host,
+	}
+}
+
+func (h *pageHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	v := h.view(h.snapshot(), time.Now())
+	var buf bytes.Buffer
+	if err := h.tmpl.Execute(&buf, v); err != nil {
+		h.log.Error("render status page", "error", err, "remote", r.RemoteAddr)
+		http.Error(w, "cannot render status page", http.StatusInternalServerError)
+		return
+	}
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/html; charset=utf-8")
+	hdr.Set("Cache-Control", "no-store")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	// The page needs no script and no outside resource; saying so makes an
+	// escaping slip harmless rather than an XSS.
+	hdr.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+	_, _ = w.Write(buf.Bytes())
+}
+
+// pageView is what the template shows: the Snapshot, formatted.
+type pageView struct {
+	Refresh     int // seconds
+	Host        string
+	PID         int
+	Now         string
+	Started     string
+	Uptime      string
+	Reloads     stats.Reloads
+	LastReload  string
+	Apps        []appView
+	TargetsUp   int
+	TargetCount int
+}
+
+type appView struct {
+	Name           string
+	Listen         string
+	Ports          string
+	Balance        string
+	State          string // "up", "partial" or "down": the header's colour
+	TargetsUp      int
+	Active         int64
+	Total          int64
+	RejectedLimit  int64
+	RejectedDenied int64
+	Failed         int64
+	BytesToTarget  byteCount
+	BytesToClient  byteCount
+	Targets        []targetView
+}
+
+type targetView struct {
+	Address      string
+	Up           bool
+	Weight       int
+	Backup       bool
+	Active       int64
+	Total        int64
+	Dials        int64
+	Failures     int64
+	LastError    string
+	LastErrorAt  string
+	LastErrorAgo string
+}
+
+// byteCount is a byte total shown both readably and exactly.
+type byteCount struct {
+	Human string
+	Exact int64
+}
+
+func (h *pageHandler) view(s stats.Snapshot, now time.Time) pageView {
+	v := pageView{
+		Refresh: int(pageRefresh / time.Second),
+		Host:    h.host,
+		PID:     os.Getpid(),
+		Now:     now.Format(time.RFC3339),
+		Started: h.started.Format(time.RFC3339),
+		Uptime:  humanDuration(now.Sub(h.started)),
+		Reloads: s.Reloads,
+		Apps:    make([]appView, 0, len(s.Apps)),
+	}
+	if !s.Reloads.LastSuccess.IsZero() {
+		v.LastReload = s.Reloads.LastSuccess.Format(time.RFC3339) + " (" + humanDuration(now.Sub(s.Reloads.LastSuccess)) + " ago)"
+	}
+	for _, a := range s.Apps {
+		av := appView{
+			Name:           a.Name,
+			Listen:         listenHost(a.Listen),
+			Ports:          joinPorts(a.Ports),
+			Balance:        a.Balance,
+			Active:         a.Active,
+			Total:          a.Total,
+			RejectedLimit:  a.RejectedLimit,
+			RejectedDenied: a.RejectedDenied,
+			Failed:         a.Failed,
+			BytesToTarget:  byteCount{Human: humanBytes(a.BytesToTarget), Exact: a.BytesToTarget},
+			BytesToClient:  byteCount{Human: humanBytes(a.BytesToClient), Exact: a.BytesToClient},
+			Targets:        make([]targetView, 0, len(a.Targets)),
+		}
+		for _, t := range a.Targets {
+			tv := targetView{
+				Address:   t.Address,
+				Up:        t.Up,
+				Weight:    t.Weight,
+				Backup:    t.Backup,
+				Active:    t.Active,
+				Total:     t.Total,
+				Dials:     t.Dials,
+				Failures:  t.Failures,
+				LastError: t.LastError,
+			}
+			if t.LastErrorAt != nil {
+				tv.LastErrorAt = t.LastErrorAt.Format(time.RFC3339)
+				tv.LastErrorAgo = humanDuration(now.Sub(*t.LastErrorAt)) + " ago"
+			}
+			if t.Up {
+				av.TargetsUp++
+			}
+			av.Targets = append(av.Targets, tv)
+		}
+		switch {
+		case av.TargetsUp == len(av.Targets):
+			av.State = "up"
+		case av.TargetsUp == 0:
+			av.State = "down"
+		default:
+			av.State = "partial"
+		}
+		v.TargetsUp += av.TargetsUp
+		v.TargetCount += len(av.Targets)
+		v.Apps = append(v.Apps, av)
+	}
+	return v
+}
+
+// listenHost shows the listen host as it would appear before ":port".
+func listenHost(h string) string {
+	switch {
+	case h == "":
+		return "*" // all interfaces
+	case strings.Contains(h, ":"):
+		return "[" + h + "]"
+	default:
+		return h
+	}
+}
+
+func joinPorts(ports []int) string {
+	s := make([]string, len(ports))
+	for i, p := range ports {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ", ")
+}
+
+// humanBytes formats n in IEC units with three significant digits or so.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatInt(n, 10) + " B"
+	}
+	units := [...]string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	f, i := float64(n)/unit, 0
+	for f >= unit && i < len(units)-1 {
+		f /= unit
+		i++
+	}
+	prec := 1
+	if f < 10 {
+		prec = 2
+	}
+	return strconv.FormatFloat(f, 'f', prec, 64) + " " + units[i]
+}
+
+// humanDuration formats d to its two largest units (3d4h, 5m12s): precise
+// enough to judge at a glance, short enough for a table cell.
+func humanDuration(d time.Duration) string {
+	if d < 0 {
+		d = 0 // clock skew between the writer of a time and this reader
+	}
+	d = d.Round(time.Second)
+	days := d / (24 * time.Hour)
+	d -= days * 24 * time.Hour
+	hours := d / time.Hour
+	d -= hours * time.Hour
+	mins := d / time.Minute
+	secs := (d - mins*time.Minute) / time.Second
+	switch {
+	case days > 0:
+		return fmt.Sprintf("%dd%dh", days, hours)
+	case hours > 0:
+		return fmt.Sprintf("%dh%dm", hours, mins)
+	case mins > 0:
+		return fmt.Sprintf("%dm%ds", mins, secs)
+	default:
+		return fmt.Sprintf("%ds", secs)
+	}
+}
