@@ -1,0 +1,127 @@
+package proxyproto
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+const (
+	v2Signature = "\r\n\r\n\x00\r\nQUIT\n"
+	// v2HeaderLen is the fixed part: signature, ver_cmd, family, length.
+	v2HeaderLen = 16
+	// v2MaxPayload caps the address block plus TLVs. The format allows
+	// 65535 bytes, but real senders use a few hundred at most, and the cap
+	// bounds what a reader buffers per connection.
+	v2MaxPayload = 4096
+
+	v2Version = 0x2
+)
+
+// Address families (high nibble) and transports (low nibble) of the
+// family byte, and the size of each family's address block.
+const (
+	famUnspec = 0x00
+	famTCP4   = 0x11
+	famUDP4   = 0x12
+	famTCP6   = 0x21
+	famUDP6   = 0x22
+	famUnix   = 0x31
+	famUnixDg = 0x32
+
+	addrLenInet  = 12  // 2×4 address bytes, 2×2 port bytes
+	addrLenInet6 = 36  // 2×16 address bytes, 2×2 port bytes
+	addrLenUnix  = 216 // 2×108 path bytes
+)
+
+func parseV2(b []byte) (Header, int, error) {
+	if len(b) < len(v2Signature) {
+		if string(b) != v2Signature[:len(b)] {
+			return Header{}, 0, malformed("v2: bad signature % x", b)
+		}
+		return Header{}, 0, ErrIncomplete
+	}
+	if string(b[:len(v2Signature)]) != v2Signature {
+		return Header{}, 0, malformed("v2: bad signature % x", b[:len(v2Signature)])
+	}
+	if len(b) < 13 {
+		return Header{}, 0, ErrIncomplete
+	}
+	verCmd := b[12]
+	if v := verCmd >> 4; v != v2Version {
+		return Header{}, 0, malformed("v2: unsupported version %d", v)
+	}
+	cmd := Command(verCmd & 0x0f)
+	if cmd != Local && cmd != Proxy {
+		return Header{}, 0, malformed("v2: unknown command %#x", uint8(cmd))
+	}
+	if len(b) < 14 {
+		return Header{}, 0, ErrIncomplete
+	}
+	fam := b[13]
+	// A LOCAL header's family is to be ignored, so only PROXY checks it.
+	addrLen := 0
+	if cmd == Proxy {
+		switch fam {
+		case famUnspec:
+		case famTCP4, famUDP4:
+			addrLen = addrLenInet
+		case famTCP6, famUDP6:
+			addrLen = addrLenInet6
+		case famUnix, famUnixDg:
+			addrLen = addrLenUnix
+		default:
+			return Header{}, 0, malformed("v2: unknown address family %#02x", fam)
+		}
+	}
+	if len(b) < v2HeaderLen {
+		return Header{}, 0, ErrIncomplete
+	}
+	n := int(binary.BigEndian.Uint16(b[14:16]))
+	if n > v2MaxPayload {
+		return Header{}, 0, malformed("v2: length %d exceeds the %d-byte limit", n, v2MaxPayload)
+	}
+	if n < addrLen {
+		return Header{}, 0, malformed("v2: length %d too short for family %#02x (%d address bytes)", n, fam, addrLen)
+	}
+	total := v2HeaderLen + n
+	if len(b) < total {
+		return Header{}, 0, ErrIncomplete
+	}
+	h := Header{Version: 2, Command: cmd}
+	if cmd != Proxy {
+		return h, total, nil
+	}
+	// TLVs after the addresses are counted in n and skipped unread.
+	a := b[v2HeaderLen:total]
+	switch fam {
+	case famTCP4:
+		h.Source = netip.AddrPortFrom(netip.AddrFrom4([4]byte(a[0:4])), binary.BigEndian.Uint16(a[8:10]))
+		h.Destination = netip.AddrPortFrom(netip.AddrFrom4([4]byte(a[4:8])), binary.BigEndian.Uint16(a[10:12]))
+	case famTCP6:
+		h.Source = unmapped(netip.AddrPortFrom(netip.AddrFrom16([16]byte(a[0:16])), binary.BigEndian.Uint16(a[32:34])))
+		h.Destination = unmapped(netip.AddrPortFrom(netip.AddrFrom16([16]byte(a[16:32])), binary.BigEndian.Uint16(a[34:36])))
+	}
+	return h, total, nil
+}
+
+func appendV2(b []byte, src, dst netip.AddrPort) []byte {
+	b = append(b, v2Signature...)
+	src, dst, ok, v4 := endpoints(src, dst)
+	if !ok {
+		return append(b, v2Version<<4|byte(Local), famUnspec, 0, 0)
+	}
+	if v4 {
+		b = append(b, v2Version<<4|byte(Proxy), famTCP4, 0, addrLenInet)
+		s, d := src.Addr().As4(), dst.Addr().As4()
+		b = append(b, s[:]...)
+		b = append(b, d[:]...)
+	} else {
+		// Mixed families go out as IPv6, the IPv4 side mapped (As16).
+		b = append(b, v2Version<<4|byte(Proxy), famTCP6, 0, addrLenInet6)
+		s, d := src.Addr().As16(), dst.Addr().As16()
+		b = append(b, s[:]...)
+		b = append(b, d[:]...)
+	}
+	b = binary.BigEndian.AppendUint16(b, src.Port())
+	return binary.BigEndian.AppendUint16(b, dst.Port())
+}
