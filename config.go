@@ -37,24 +37,32 @@ const (
 type config struct {
 	Path            string
 	ShutdownTimeout time.Duration
+	Admin           string // host:port of the admin server; "" is off
+	AdminPublic     bool   // allow a non-loopback admin address
+	ReusePort       bool   // SO_REUSEPORT on every listener
 	Apps            []*appConfig
 }
 
 // appConfig is one app: the ports it listens on and the targets it
 // forwards to, with every default already applied.
 type appConfig struct {
-	Name           string
-	Listen         string // host to bind; "" means all interfaces
-	Ports          []int
-	Targets        []targetConfig
-	DialTimeout    time.Duration
-	Balance        string
-	MaxFails       int
-	FailTimeout    time.Duration
-	HealthCheck    *healthCheckConfig // nil: no active checks
-	MaxConnections int                // 0: unlimited
-	MaxAttempts    int                // 0: every target
-	Allow, Deny    []netip.Prefix
+	Name                string
+	Listen              string // host to bind; "" means all interfaces
+	Ports               []int
+	Targets             []targetConfig
+	DialTimeout         time.Duration
+	Balance             string
+	MaxFails            int
+	FailTimeout         time.Duration
+	HealthCheck         *healthCheckConfig // nil: no active checks
+	MaxConnections      int                // 0: unlimited
+	MaxAttempts         int                // 0: every target
+	Allow, Deny         []netip.Prefix
+	AccessLog           bool
+	ProxyProtocol       int // PROXY protocol version sent to targets; 0 is none
+	AcceptProxyProtocol bool
+	KeepAlive           time.Duration // 0: the library's default (1m); < 0: off
+	IdleTimeout         time.Duration // 0: off
 }
 
 // targetConfig is one target of an app.
@@ -87,6 +95,9 @@ func (a *appConfig) listenAddrs() []string {
 type fileConfig struct {
 	Defaults        appOptions `yaml:"defaults"`
 	ShutdownTimeout *string    `yaml:"shutdown_timeout"`
+	Admin           *string    `yaml:"admin"`
+	AdminPublic     bool       `yaml:"admin_public"`
+	ReusePort       bool       `yaml:"reuse_port"`
 	Apps            []appFile  `yaml:"apps"`
 }
 
@@ -109,6 +120,11 @@ type appOptions struct {
 	MaxAttempts    *int             `yaml:"max_attempts"`
 	Allow          *[]string        `yaml:"allow"`
 	Deny           *[]string        `yaml:"deny"`
+	AccessLog      *bool            `yaml:"access_log"`
+	ProxyProtocol  *int             `yaml:"proxy_protocol"`
+	AcceptProxy    *bool            `yaml:"accept_proxy_protocol"`
+	KeepAlive      *string          `yaml:"keepalive"`
+	IdleTimeout    *string          `yaml:"idle_timeout"`
 }
 
 type healthCheckFile struct {
@@ -345,6 +361,13 @@ func (v *validator) validate(f *fileConfig) *config {
 	if f.ShutdownTimeout != nil {
 		cfg.ShutdownTimeout = v.durationAt(v.node("shutdown_timeout"), *f.ShutdownTimeout, "shutdown_timeout", false)
 	}
+	if f.Admin != nil {
+		cfg.Admin, cfg.AdminPublic = *f.Admin, f.AdminPublic
+		if err := checkAdminAddr(cfg.Admin, cfg.AdminPublic); err != nil {
+			v.errorf(v.node("admin"), "admin %q: %v", cfg.Admin, err)
+		}
+	}
+	cfg.ReusePort = f.ReusePort
 	if len(f.Apps) == 0 {
 		v.errorf(v.node("apps"), "no apps: the config needs an apps: list with at least one app")
 	}
@@ -399,6 +422,7 @@ func (v *validator) validate(f *fileConfig) *config {
 		if len(af.Targets) == 0 {
 			v.errorf(at("targets"), "%s: no targets", label)
 		}
+		seen := map[string]int{} // target address -> line
 		for j, tf := range af.Targets {
 			tn := at("targets", j)
 			if tn.Kind == yaml.MappingNode {
@@ -406,6 +430,10 @@ func (v *validator) validate(f *fileConfig) *config {
 			}
 			if err := checkHostPort(tf.Address); err != nil {
 				v.errorf(tn, "%s: target %q: %v", label, tf.Address, err)
+			} else if first, dup := seen[tf.Address]; dup {
+				v.errorf(tn, "%s: target %q listed twice (first at line %d; use weight: to send it more)", label, tf.Address, first)
+			} else {
+				seen[tf.Address] = tn.Line
 			}
 			t := targetConfig{Address: tf.Address, Weight: 1, Backup: tf.Backup}
 			if tf.Weight != nil {
@@ -484,6 +512,24 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 	}
 	if o, n, ok := pick("deny", func(o *appOptions) bool { return o.Deny != nil }); ok {
 		app.Deny = v.prefixes(*o.Deny, n, label+": deny")
+	}
+	if o, _, ok := pick("access_log", func(o *appOptions) bool { return o.AccessLog != nil }); ok {
+		app.AccessLog = *o.AccessLog
+	}
+	if o, n, ok := pick("proxy_protocol", func(o *appOptions) bool { return o.ProxyProtocol != nil }); ok {
+		app.ProxyProtocol = *o.ProxyProtocol
+		if app.ProxyProtocol < 0 || app.ProxyProtocol > 2 {
+			v.errorf(n, "%s: proxy_protocol %d: must be 1, 2 or 0 (none)", label, app.ProxyProtocol)
+		}
+	}
+	if o, _, ok := pick("accept_proxy_protocol", func(o *appOptions) bool { return o.AcceptProxy != nil }); ok {
+		app.AcceptProxyProtocol = *o.AcceptProxy
+	}
+	if o, n, ok := pick("keepalive", func(o *appOptions) bool { return o.KeepAlive != nil }); ok {
+		app.KeepAlive = v.durationAt(n, *o.KeepAlive, label+": keepalive", false, true)
+	}
+	if o, n, ok := pick("idle_timeout", func(o *appOptions) bool { return o.IdleTimeout != nil }); ok {
+		app.IdleTimeout = v.durationAt(n, *o.IdleTimeout, label+": idle_timeout", false)
 	}
 	return app
 }
@@ -564,14 +610,19 @@ func parsePrefix(s string) (netip.Prefix, error) {
 }
 
 // durationAt parses a Go duration such as "3s" or "1m30s" found at n.
-func (v *validator) durationAt(n *yaml.Node, s, label string, positive bool) time.Duration {
+// positive requires d > 0; otherwise d >= 0 is required, unless
+// negativeOK (keepalive, where a negative value means off).
+func (v *validator) durationAt(n *yaml.Node, s, label string, positive bool, negativeOK ...bool) time.Duration {
 	d, err := time.ParseDuration(strings.TrimSpace(s))
 	if err != nil {
 		v.errorf(n, "%s: %q is not a duration (use e.g. 3s, 500ms, 1m)", label, s)
 		return 0
 	}
-	if positive && d <= 0 || d < 0 {
+	switch {
+	case positive && d <= 0:
 		v.errorf(n, "%s: %s must be greater than zero", label, s)
+	case d < 0 && len(negativeOK) == 0:
+		v.errorf(n, "%s: %s must not be negative", label, s)
 	}
 	return d
 }
@@ -612,6 +663,31 @@ func listenConflict(a, b string) bool {
 		return true
 	}
 	return false
+}
+
+// checkAdminAddr refuses an admin address that would expose the admin
+// server beyond this host, unless public says that is meant.
+func checkAdminAddr(addr string, public bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New(`not "host:port"`)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("port %q outside 1..65535", port)
+	}
+	if public {
+		return nil
+	}
+	if host == "" {
+		return errors.New("no host means every interface: use 127.0.0.1:PORT, or set admin_public: true to expose it")
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return errors.New("not a loopback address: set admin_public: true to expose the admin server beyond this host")
+	}
+	return nil
 }
 
 // summary is the one-line result of -check.

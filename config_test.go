@@ -167,6 +167,8 @@ func TestLoadConfigErrors(t *testing.T) {
 				`:8: app "a": health_check.rise 0`, `:9: app "a": health_check.fall -1`, `:10: unknown key "every" in health_check`}},
 		{"allow and deny", "apps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n  allow:\n  - 10.0.0.0/33\n  - 10.1.0.0/16\n  deny: [not-an-ip]\n",
 			[]string{`:6: app "a": allow: "10.0.0.0/33" is not an IP address or CIDR`, `:8: app "a": deny: "not-an-ip" is not an IP address or CIDR`}},
+		{"duplicate target", "apps:\n- name: a\n  ports: [1]\n  targets:\n  - a:1\n  - {address: a:1}\n",
+			[]string{`:6: app "a": target "a:1" listed twice (first at line 5`}},
 		{"target mapping", "apps:\n- name: a\n  ports: [1]\n  targets:\n  - address: a:1\n    weight: 1001\n  - address: a:2\n    wieght: 2\n  - address: a:3\n    weight: heavy\n  - [a:4]\n",
 			[]string{`:6: app "a": target "a:1": weight 1001 outside 0..1000`, `:8: unknown key "wieght" in target`, `:10: "heavy" must be an integer`, `:11: a target is a "host:port" string`}},
 	}
