@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,51 +18,66 @@ import (
 
 	"github.com/michaeldbianchi/tcpproxy/internal/balance"
 	"github.com/michaeldbianchi/tcpproxy/internal/health"
+	"github.com/michaeldbianchi/tcpproxy/internal/proxyproto"
 	"github.com/michaeldbianchi/tcpproxy/internal/relay"
+	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
 
-// keepAlivePeriod is the TCP keepalive period set on both sockets of a
-// relayed connection, the same as tcpproxy.DialProxy's default. We set it
-// ourselves because the library only does so on conns it can unwrap to
-// *net.TCPConn, and ours are *relay.Conn.
-const keepAlivePeriod = time.Minute
+// proxyHeaderTimeout bounds how long a client of an app with
+// accept_proxy_protocol may take to send its PROXY header.
+const proxyHeaderTimeout = 5 * time.Second
 
 // failoverTarget is the tcpproxy.Target of one app. For each connection
 // it asks the app's balancer for an order of targets, dials them one by
 // one until one answers, and hands both connections to the library's
 // relay (tcpproxy.DialProxy). When every target fails it closes the
 // client and logs every target's error.
+//
+// A failoverTarget is immutable once built; a config reload builds a new
+// one that shares the old one's counters and target health.
 type failoverTarget struct {
 	app     *appConfig
 	ctx     context.Context // cancelled when the proxy stops for good: aborts dials
 	log     *slog.Logger
 	dialer  net.Dialer
-	targets []*targetState
+	targets []*targetState // in app.Targets order
 	pool    *balance.Pool
 	conns   *connSet
+	stats   *appStats
 
-	active  atomic.Int64 // connections being dialed or relayed
-	stats   appStats
-	limitAt atomic.Int64 // unix nanos of the last "max_connections reached" log line
+	// panicHook, when set by a test, runs inside HandleConn to inject a
+	// panic where a real bug would strike.
+	panicHook func()
 }
 
-// targetState is the live state of one target of one app.
+// targetState is the live state of one target of one app. It outlives
+// reloads that keep the target, so health and counts carry over.
 type targetState struct {
-	cfg    targetConfig
-	health *health.Target
-	active atomic.Int64
+	health   *health.Target
+	active   atomic.Int64
+	total    atomic.Int64 // connections relayed to it
+	dials    atomic.Int64
+	failures atomic.Int64
 }
 
-// appStats are an app's counters since start.
+// appStats are an app's counters since start, shared by every
+// generation of the app's failoverTarget.
 type appStats struct {
+	active         atomic.Int64 // connections being dialed or relayed
 	accepted       atomic.Int64
 	rejectedLimit  atomic.Int64
 	rejectedDenied atomic.Int64
 	failed         atomic.Int64
+	bytesToTarget  atomic.Int64
+	bytesToClient  atomic.Int64
+	duration       stats.DurationRecorder
+	limitLogAt     atomic.Int64 // unix nanos of the last "max_connections reached" line
 }
 
-// newFailoverTarget builds the Target of app. ctx bounds every dial.
-func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, conns *connSet) (*failoverTarget, error) {
+// newFailoverTarget builds the Target of app. ctx bounds every dial. If
+// prev, the app's previous generation, is given, its counters and the
+// health of the targets that stay are carried over.
+func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, conns *connSet, prev *failoverTarget) (*failoverTarget, error) {
 	peers := make([]balance.Peer, len(app.Targets))
 	for i, t := range app.Targets {
 		peers[i] = balance.Peer{Name: t.Address, Weight: t.Weight, Backup: t.Backup}
@@ -76,16 +92,27 @@ func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, co
 		log:   log.With("app", app.Name),
 		pool:  pool,
 		conns: conns,
+		stats: &appStats{},
 		// Keepalive is set once by relay.SetKeepAlive, not also by the
 		// dialer's default.
 		dialer: net.Dialer{Timeout: app.DialTimeout, KeepAlive: -1},
 	}
+	old := map[string]*targetState{}
+	if prev != nil {
+		ft.stats = prev.stats
+		for i, t := range prev.app.Targets {
+			old[t.Address] = prev.targets[i]
+		}
+	}
 	policy := health.Policy{MaxFails: app.MaxFails, FailTimeout: app.FailTimeout}
 	for _, t := range app.Targets {
-		ft.targets = append(ft.targets, &targetState{
-			cfg:    t,
-			health: health.NewTarget(t.Address, policy, ft.log),
-		})
+		ts := old[t.Address]
+		if ts != nil {
+			ts.health.SetPolicy(policy)
+		} else {
+			ts = &targetState{health: health.NewTarget(t.Address, policy, ft.log)}
+		}
+		ft.targets = append(ft.targets, ts)
 	}
 	return ft, nil
 }
@@ -105,9 +132,21 @@ func (ft *failoverTarget) Usable(i int) bool { return ft.targets[i].health.Usabl
 // Active implements balance.State.
 func (ft *failoverTarget) Active(i int) int64 { return ft.targets[i].active.Load() }
 
+// connInfo is what the access log says about one connection.
+type connInfo struct {
+	client   netip.AddrPort
+	target   string
+	attempts int
+	result   string
+	toTarget int64
+	toClient int64
+}
+
 // HandleConn implements tcpproxy.Target.
 func (ft *failoverTarget) HandleConn(c net.Conn) {
-	ft.stats.accepted.Add(1)
+	start := time.Now()
+	st := ft.stats
+	st.accepted.Add(1)
 	client, ok := tcpproxy.UnderlyingConn(c).(*net.TCPConn)
 	if !ok {
 		// AddRoute never peeks, so the library hands us the accepted
@@ -116,45 +155,101 @@ func (ft *failoverTarget) HandleConn(c net.Conn) {
 		c.Close()
 		return
 	}
-	clientIP := remoteIP(client)
+	info := connInfo{client: addrPort(client.RemoteAddr())}
+	defer func() {
+		if r := recover(); r != nil {
+			// One connection's bug must not take the process, and every
+			// other connection, down with it.
+			ft.log.Error("panic in connection handler", "client", info.client.String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			client.Close()
+			info.result = "panic"
+		}
+		ft.accessLog(client, start, &info)
+	}()
+
+	var proxyHdr proxyproto.Header
+	if ft.app.AcceptProxyProtocol {
+		h, err := proxyproto.Read(client, start.Add(proxyHeaderTimeout))
+		if err != nil {
+			ft.log.Error("bad PROXY protocol header", "client", info.client.String(), "err", err)
+			client.Close()
+			info.result = "bad proxy header"
+			return
+		}
+		proxyHdr = h
+		if h.Source.IsValid() {
+			info.client = h.Source
+		}
+	}
+
+	clientIP := info.client.Addr().Unmap()
 	if !ft.allowed(clientIP) {
-		ft.stats.rejectedDenied.Add(1)
-		ft.log.Debug("client denied", "client", client.RemoteAddr().String())
+		st.rejectedDenied.Add(1)
 		client.Close()
+		info.result = "rejected: denied"
 		return
 	}
-	if n := ft.active.Add(1); ft.app.MaxConnections > 0 && n > int64(ft.app.MaxConnections) {
-		ft.active.Add(-1)
-		ft.stats.rejectedLimit.Add(1)
+	if n := st.active.Add(1); ft.app.MaxConnections > 0 && n > int64(ft.app.MaxConnections) {
+		st.active.Add(-1)
+		st.rejectedLimit.Add(1)
 		ft.logLimit()
 		client.Close()
+		info.result = "rejected: limit"
 		return
 	}
-	defer ft.active.Add(-1)
+	defer st.active.Add(-1)
 
 	entry := ft.conns.add(client)
 	defer ft.conns.remove(entry)
+	if ft.panicHook != nil {
+		ft.panicHook()
+	}
 
-	target, ts, err := ft.dial(clientIP)
+	target, ts, attempts, err := ft.dial(clientIP)
+	info.attempts = attempts
 	if err != nil {
-		ft.stats.failed.Add(1)
-		ft.log.Error("all targets failed", "client", client.RemoteAddr().String(), "err", err)
+		st.failed.Add(1)
+		ft.log.Error("all targets failed", "client", info.client.String(), "err", err)
 		client.Close()
+		info.result = "all targets failed"
 		return
 	}
+	info.target = target.RemoteAddr().String()
 	ft.conns.setTarget(entry, target)
+	ts.total.Add(1)
 	ts.active.Add(1)
 	defer ts.active.Add(-1)
-	ft.relay(client, target)
+
+	if v := ft.app.ProxyProtocol; v != 0 {
+		dst := proxyHdr.Destination
+		if !dst.IsValid() {
+			dst = addrPort(client.LocalAddr())
+		}
+		var buf [256]byte
+		if _, err := target.Write(proxyproto.Append(buf[:0], v, info.client, dst)); err != nil {
+			ft.log.Error("write PROXY protocol header", "target", info.target, "err", err)
+			client.Close()
+			target.Close()
+			info.result = "target write failed"
+			return
+		}
+	}
+
+	info.toTarget, info.toClient = ft.relay(client, target)
+	st.bytesToTarget.Add(info.toTarget)
+	st.bytesToClient.Add(info.toClient)
+	st.duration.Observe(time.Since(start))
+	info.result = "ok"
 }
 
 // dial tries the app's targets in the balancer's order until one
-// answers. It returns every target's error when none does.
-func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, *targetState, error) {
+// answers. It returns the number of dials made and, when none answered,
+// every target's error.
+func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, *targetState, int, error) {
 	var buf [16]int
 	order := ft.pool.Order(buf[:0], balance.Key(clientIP), ft)
 	if len(order) == 0 {
-		return nil, nil, errors.New("no target can take connections (every weight is 0)")
+		return nil, nil, 0, errors.New("no target can take connections (every weight is 0)")
 	}
 	now := time.Now()
 	// The balancer puts a down target first only when every target is
@@ -172,39 +267,46 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, *targetState,
 				continue // down, or another connection holds its one trial
 			}
 			attempts++
-			c, err := ft.dialer.DialContext(ft.ctx, "tcp", ts.cfg.Address)
+			ts.dials.Add(1)
+			addr := ft.app.Targets[i].Address
+			c, err := ft.dialer.DialContext(ft.ctx, "tcp", addr)
 			if err != nil {
 				now = time.Now()
+				ts.failures.Add(1)
 				if ft.app.MaxFails > 0 { // max_fails: 0 turns failure accounting off, as in nginx
 					ts.health.Failure(now, err)
 				}
-				errs = multierror.Append(errs, fmt.Errorf("%s: %w", ts.cfg.Address, unwrapOpError(err)))
+				errs = multierror.Append(errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
 				continue
 			}
 			ts.health.Success()
-			return c.(*net.TCPConn), ts, nil
+			return c.(*net.TCPConn), ts, attempts, nil
 		}
 		// Every target in the order was skipped (their single trials
 		// taken by other connections): try them all rather than refuse.
 		force = true
 	}
 	errs.ErrorFormat = joinErrors
-	return nil, nil, errs
+	return nil, nil, attempts, errs
 }
 
-// relay copies bytes both ways until both directions are done. The
-// library's DialProxy does the copying and half-close handling; we hand
-// it the conn already dialed, wrapped in relay.Conn, whose WriteTo keeps
-// splice(2) without holding pipes while the connection is idle.
-func (ft *failoverTarget) relay(client, target *net.TCPConn) {
+// relay copies bytes both ways until both directions are done and
+// returns the bytes moved each way. The library's DialProxy does the
+// copying and half-close handling; we hand it the conn already dialed,
+// wrapped in relay.Conn, whose WriteTo keeps splice(2) without holding
+// pipes while the connection is idle.
+func (ft *failoverTarget) relay(client, target *net.TCPConn) (toTarget, toClient int64) {
 	for _, c := range [2]*net.TCPConn{client, target} {
-		if err := relay.SetKeepAlive(c, keepAlivePeriod); err != nil {
+		if err := relay.SetKeepAlive(c, ft.app.KeepAlive); err != nil {
 			ft.log.Debug("set keepalive", "err", err)
 		}
 	}
-	src, dst := relay.New(client, nil), relay.New(target, nil)
+	var idle *relay.Idle
+	if ft.app.IdleTimeout > 0 {
+		idle = relay.NewIdle(ft.app.IdleTimeout)
+	}
+	src, dst := relay.New(client, idle), relay.New(target, idle)
 	dp := tcpproxy.DialProxy{
-		Addr:            target.RemoteAddr().String(),
 		DialTimeout:     -1, // already dialed: no per-connection timer
 		KeepAlivePeriod: -1, // set above, on the conns the library cannot unwrap
 		DialContext: func(context.Context, string, string) (net.Conn, error) {
@@ -212,6 +314,72 @@ func (ft *failoverTarget) relay(client, target *net.TCPConn) {
 		},
 	}
 	dp.HandleConn(src)
+	if idle != nil && idle.TimedOut() {
+		ft.log.Debug("idle timeout", "client", client.RemoteAddr().String(), "idle_timeout", ft.app.IdleTimeout.String())
+	}
+	return src.BytesRead(), dst.BytesRead()
+}
+
+// accessLog writes the connection's access-log line: at Info with
+// access_log on, at Debug otherwise, and not even formatted when the
+// level is off.
+func (ft *failoverTarget) accessLog(client *net.TCPConn, start time.Time, info *connInfo) {
+	level := slog.LevelDebug
+	if ft.app.AccessLog {
+		level = slog.LevelInfo
+	}
+	if !ft.log.Enabled(context.Background(), level) {
+		return
+	}
+	ft.log.LogAttrs(context.Background(), level, "connection",
+		slog.Int("port", int(addrPort(client.LocalAddr()).Port())),
+		slog.String("client", info.client.String()),
+		slog.String("target", info.target),
+		slog.Int("attempts", info.attempts),
+		slog.Duration("duration", time.Since(start)),
+		slog.Int64("bytes_to_target", info.toTarget),
+		slog.Int64("bytes_to_client", info.toClient),
+		slog.String("result", info.result),
+	)
+}
+
+// snapshot returns the app's state for metrics and the status page.
+func (ft *failoverTarget) snapshot() stats.App {
+	st := ft.stats
+	a := stats.App{
+		Name:           ft.app.Name,
+		Listen:         ft.app.Listen,
+		Ports:          ft.app.Ports,
+		Balance:        ft.app.Balance,
+		Active:         st.active.Load(),
+		Total:          st.accepted.Load(),
+		RejectedLimit:  st.rejectedLimit.Load(),
+		RejectedDenied: st.rejectedDenied.Load(),
+		Failed:         st.failed.Load(),
+		BytesToTarget:  st.bytesToTarget.Load(),
+		BytesToClient:  st.bytesToClient.Load(),
+		Duration:       st.duration.Snapshot(),
+		Targets:        make([]stats.Target, len(ft.targets)),
+	}
+	for i, ts := range ft.targets {
+		cfg := ft.app.Targets[i]
+		t := stats.Target{
+			Address:  cfg.Address,
+			Up:       ts.health.Up(),
+			Weight:   cfg.Weight,
+			Backup:   cfg.Backup,
+			Active:   ts.active.Load(),
+			Total:    ts.total.Load(),
+			Dials:    ts.dials.Load(),
+			Failures: ts.failures.Load(),
+		}
+		if at, err := ts.health.LastError(); err != nil {
+			t.LastError = err.Error()
+			t.LastErrorAt = &at
+		}
+		a.Targets[i] = t
+	}
+	return a
 }
 
 // allowed applies the app's allow and deny lists to a client address.
@@ -236,20 +404,19 @@ func (ft *failoverTarget) allowed(ip netip.Addr) bool {
 // a second so that a flood does not become a flood of log lines.
 func (ft *failoverTarget) logLimit() {
 	now := time.Now().UnixNano()
-	last := ft.limitAt.Load()
-	if now-last < int64(time.Second) || !ft.limitAt.CompareAndSwap(last, now) {
+	last := ft.stats.limitLogAt.Load()
+	if now-last < int64(time.Second) || !ft.stats.limitLogAt.CompareAndSwap(last, now) {
 		return
 	}
 	ft.log.Warn("max_connections reached, closing new clients", "max_connections", ft.app.MaxConnections, "rejected_total", ft.stats.rejectedLimit.Load())
 }
 
-// remoteIP is the client's address, IPv4-mapped IPv6 unmapped so that it
-// matches allow/deny entries written as IPv4.
-func remoteIP(c *net.TCPConn) netip.Addr {
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		return a.AddrPort().Addr().Unmap()
+// addrPort converts a TCP address; IPv4-mapped IPv6 stays as is.
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
 	}
-	return netip.Addr{}
+	return netip.AddrPort{}
 }
 
 // unwrapOpError drops the *net.OpError prefix ("dial tcp 127.0.0.1:9:")
@@ -271,8 +438,8 @@ func joinErrors(es []error) string {
 	return strings.Join(parts, "; ")
 }
 
-// connSet tracks an app's open connections so that shutdown can wait
-// for them and, when the grace period ends, close what is left.
+// connSet tracks the open connections so that shutdown can wait for
+// them and, when the grace period ends, close what is left.
 type connSet struct {
 	mu      sync.Mutex
 	entries map[*connEntry]struct{}
@@ -323,18 +490,19 @@ func (s *connSet) len() int {
 func (s *connSet) drained() <-chan struct{} {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ch := make(chan struct{})
 	if len(s.entries) == 0 {
+		ch := make(chan struct{})
 		close(ch)
 		return ch
 	}
 	if s.empty == nil {
-		s.empty = ch
+		s.empty = make(chan struct{})
 	}
 	return s.empty
 }
 
-// closeAll closes every open connection, both sides.
+// closeAll closes every open connection, both sides, and returns how
+// many there were.
 func (s *connSet) closeAll() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()

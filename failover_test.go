@@ -137,7 +137,7 @@ func TestBalanceLeastConn(t *testing.T) {
 			t.Fatalf("connection %d went to %s, which holds 2 connections while the others hold 1", i, busy)
 		}
 	}
-	if got := srv.apps[0].targets[0].active.Load() + srv.apps[0].targets[1].active.Load() + srv.apps[0].targets[2].active.Load(); got != 6 {
+	if got := srv.appAt(0).targets[0].active.Load() + srv.appAt(0).targets[1].active.Load() + srv.appAt(0).targets[2].active.Load(); got != 6 {
 		t.Errorf("active connections = %d, want 6", got)
 	}
 }
@@ -174,7 +174,7 @@ func TestBackupOnlyWhilePrimariesDown(t *testing.T) {
 	if c := countTargets(t, port, 20); c["backup"] != 20 {
 		t.Fatalf("with the primary down: %v, want all on backup", c)
 	}
-	if srv.apps[0].targets[0].health.Up() {
+	if srv.appAt(0).targets[0].health.Up() {
 		t.Fatal("primary not marked down")
 	}
 	// The primary comes back on the same address: once its fail_timeout
@@ -201,7 +201,7 @@ func TestPassiveHealth(t *testing.T) {
   targets: [%q, %q]
 `, port, dead, live.addr)
 	srv, logs := startProxy(t, yaml)
-	deadTarget := srv.apps[0].targets[0]
+	deadTarget := srv.appAt(0).targets[0]
 
 	// Round robin puts the dead target first for the first connection:
 	// its refused dial marks it down and the client is served by live.
@@ -241,9 +241,9 @@ func TestPassiveHealthAllDown(t *testing.T) {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		io.ReadAll(c)
 	}
-	for _, ts := range srv.apps[0].targets {
+	for _, ts := range srv.appAt(0).targets {
 		if ts.health.Up() {
-			t.Fatalf("%s still up", ts.cfg.Address)
+			t.Fatalf("%s still up", ts.health.Addr())
 		}
 	}
 	// The third client, with both targets down for an hour, still had
@@ -251,7 +251,7 @@ func TestPassiveHealthAllDown(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
 	var last string
 	for _, l := range lines {
-		if strings.Contains(l, "all targets failed") {
+		if strings.Contains(l, `msg="all targets failed"`) {
 			last = l
 		}
 	}
@@ -295,7 +295,7 @@ func TestActiveHealthChecks(t *testing.T) {
   targets: [%q, %q]
 `, port, be.addr, other.addr)
 	srv, _ := startProxy(t, yaml)
-	target := srv.apps[0].targets[0]
+	target := srv.appAt(0).targets[0]
 	addr := be.addr
 	be.close()
 	start := time.Now()
@@ -358,7 +358,7 @@ func TestMaxConnectionsExact(t *testing.T) {
 	if served != 5 || rejected != clients-5 {
 		t.Fatalf("served %d, rejected %d; want 5 and %d", served, rejected, clients-5)
 	}
-	if got := srv.apps[0].stats.rejectedLimit.Load(); got != clients-5 {
+	if got := srv.appAt(0).stats.rejectedLimit.Load(); got != clients-5 {
 		t.Errorf("rejected counter = %d, want %d", got, clients-5)
 	}
 }
@@ -399,7 +399,7 @@ func TestAllowDeny(t *testing.T) {
 					t.Errorf("client %s served = %v, want %v (err %v)", c.host, ok, c.ok, err)
 				}
 			}
-			if got := srv.apps[0].stats.rejectedDenied.Load(); got != tt.wantDenials {
+			if got := srv.appAt(0).stats.rejectedDenied.Load(); got != tt.wantDenials {
 				t.Errorf("denied counter = %d, want %d", got, tt.wantDenials)
 			}
 			// A denied client never causes a dial.

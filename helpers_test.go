@@ -159,11 +159,8 @@ func startProxy(t testing.TB, yamlText string) (*proxyServer, *syncBuffer) {
 		t.Fatalf("config: %v\n%s", err, yamlText)
 	}
 	log, buf := testLogger()
-	srv, err := newProxyServer(cfg, log)
+	srv, err := startProxyServer(cfg, log, listenFunc(false, nil))
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -263,3 +260,6 @@ func buildBinary(t testing.TB) string {
 	}
 	return builtPath
 }
+
+// appAt returns the i-th app of the running config.
+func (s *proxyServer) appAt(i int) *failoverTarget { return (*s.current.Load())[i] }

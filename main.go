@@ -5,7 +5,8 @@
 //
 // Usage:
 //
-//	tcpproxy [-c config.yaml] [-check] [-demo] [-log-format text|json] [-version]
+//	tcpproxy [-c config.yaml] [-check] [-demo] [-watch] [-pid-file PATH] [-log-format text|json] [-version]
+//	tcpproxy -upgrade -pid-file PATH
 package main
 
 import (
@@ -15,15 +16,24 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/admin"
+	"github.com/michaeldbianchi/tcpproxy/internal/upgrade"
 )
 
 // version is set at link time (-ldflags "-X main.version=v1.2.3"); a
 // binary built by `go install module@version` reports the module version.
 var version = ""
+
+// upgradeTimeout bounds how long a new binary may take to start serving
+// before the upgrade is abandoned and the old process carries on.
+const upgradeTimeout = time.Minute
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -34,6 +44,9 @@ type options struct {
 	configPath string
 	check      bool
 	demo       bool
+	watch      bool
+	upgrade    bool
+	pidFile    string
 	logFormat  string
 	version    bool
 }
@@ -46,6 +59,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.configPath, "config", "config.yaml", "config file `path` (same as -c)")
 	fs.BoolVar(&o.check, "check", false, "validate the config, print a summary or every error, and exit 0 or 1")
 	fs.BoolVar(&o.demo, "demo", false, "start in-process echo backends for the config's loopback targets (one left dead), then proxy")
+	fs.BoolVar(&o.watch, "watch", false, "reload the config whenever the file changes (as on SIGHUP)")
+	fs.BoolVar(&o.upgrade, "upgrade", false, "upgrade the running proxy named by -pid-file to the binary on disk, without dropping a connection, and exit 0 when done")
+	fs.StringVar(&o.pidFile, "pid-file", "", "write the process ID to `path` once serving (rewritten by an upgraded process)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: `text` or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -56,6 +72,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return nil, fmt.Errorf("-log-format %q: must be text or json", o.logFormat)
+	}
+	if o.upgrade && o.pidFile == "" {
+		return nil, errors.New("-upgrade needs -pid-file to find the running proxy")
 	}
 	return &o, nil
 }
@@ -75,6 +94,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "tcpproxy", buildVersion())
 		return 0
 	}
+	if opts.upgrade {
+		return requestUpgrade(opts.pidFile, stdout, stderr)
+	}
 
 	cfg, err := loadConfig(opts.configPath)
 	if err != nil {
@@ -85,8 +107,30 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, cfg.summary())
 		return 0
 	}
-
 	log := newLogger(stderr, opts.logFormat)
+	return serve(opts, cfg, log)
+}
+
+// daemon is the running process: the proxy, its admin server, and what
+// a reload or an upgrade needs to know.
+type daemon struct {
+	opts            *options
+	log             *slog.Logger
+	startCfg        *config // process-wide settings are those of the start
+	srv             *proxyServer
+	admin           *admin.Server
+	adminLn         net.Listener
+	shutdownTimeout time.Duration
+}
+
+// serve runs the proxy until it is stopped or upgraded, and returns the
+// exit status.
+func serve(opts *options, cfg *config, log *slog.Logger) int {
+	inherited, err := upgrade.FromEnv()
+	if err != nil {
+		log.Error("cannot take over listeners from the previous process", "err", err)
+		return 1
+	}
 	logConfig(log, cfg)
 
 	if opts.demo {
@@ -100,33 +144,84 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	// Subscribe before listening so that a signal sent as soon as the
 	// ports accept is not lost.
-	sigc := make(chan os.Signal, 2)
-	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
+	sigc := make(chan os.Signal, 4)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sigc)
 
-	srv, err := newProxyServer(cfg, log)
-	if err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
+	// Watch before listening, so that a change made as soon as the ports
+	// accept is not missed.
+	var changes <-chan struct{}
+	if opts.watch {
+		w, err := watchFile(opts.configPath, log)
+		if err != nil {
+			log.Error("cannot watch the config file", "err", err)
+		} else {
+			defer w.Close()
+			changes = w.changes
+		}
 	}
-	if err := srv.start(); err != nil {
-		log.Error("cannot start", "err", err)
-		return 1
-	}
-	log.Info("listening", "version", buildVersion(), "pid", os.Getpid())
 
-	sig := <-sigc
-	log.Info("shutting down: listeners closed, draining connections", "signal", sig.String(), "shutdown_timeout", cfg.ShutdownTimeout.String(), "open", srv.active())
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout}
+	if d.srv, err = startProxyServer(cfg, log, listenFunc(cfg.ReusePort, inherited.Listener)); err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if cfg.Admin != "" {
+		if err := d.startAdmin(inherited); err != nil {
+			log.Error("cannot start", "err", err)
+			d.srv.shutdown(context.Background())
+			return 1
+		}
+	}
+	if err := inherited.Ready(); err != nil {
+		log.Warn("signal readiness to the previous process", "err", err)
+	}
+	if opts.pidFile != "" {
+		if err := upgrade.WritePIDFile(opts.pidFile); err != nil {
+			log.Warn("write pid file", "err", err)
+		}
+	}
+	log.Info("listening", "version", buildVersion(), "pid", os.Getpid(), "upgraded", inherited.HasParent())
+
+	reason := ""
+	for reason == "" {
+		select {
+		case <-changes:
+			d.reload()
+		case sig := <-sigc:
+			switch sig {
+			case syscall.SIGHUP:
+				d.reload()
+			case syscall.SIGUSR2:
+				if d.upgrade() {
+					reason = "upgraded"
+				}
+			default:
+				reason = sig.String()
+			}
+		}
+	}
+
+	log.Info("shutting down: listeners closed, draining connections", "reason", reason, "shutdown_timeout", d.shutdownTimeout.String(), "open", d.srv.active())
+	ctx, cancel := context.WithTimeout(context.Background(), d.shutdownTimeout)
 	defer cancel()
 	go func() {
 		// A second signal means "now": stop waiting for the drain.
-		if sig, ok := <-sigc; ok {
-			log.Warn("second signal: closing remaining connections now", "signal", sig.String())
-			cancel()
+		for sig := range sigc {
+			if sig == syscall.SIGINT || sig == syscall.SIGTERM {
+				log.Warn("second signal: closing remaining connections now", "signal", sig.String())
+				cancel()
+				return
+			}
 		}
 	}()
-	drained, cut := srv.shutdown(ctx)
+	if d.admin != nil {
+		d.admin.Shutdown(ctx)
+	}
+	drained, cut := d.srv.shutdown(ctx)
+	if opts.pidFile != "" {
+		upgrade.RemovePIDFile(opts.pidFile) // unless the new process wrote its own
+	}
 	log.Info("stopped", "drained", drained, "cut", cut)
 	return 0
 }

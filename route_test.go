@@ -186,7 +186,7 @@ func TestProxyAllTargetsDead(t *testing.T) {
 	// One log line names the app, the client and every target's error.
 	var line string
 	for _, l := range strings.Split(logs.String(), "\n") {
-		if strings.Contains(l, "all targets failed") {
+		if strings.Contains(l, `msg="all targets failed"`) {
 			line = l
 			break
 		}
@@ -238,11 +238,7 @@ func TestProxyPortInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	log, _ := testLogger()
-	srv, err := newProxyServer(cfg, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = srv.start()
+	_, err = startProxyServer(cfg, log, listenFunc(false, nil))
 	want := fmt.Sprintf(`app "web": listen on 127.0.0.1:%d: bind: address already in use`, takenPort)
 	if err == nil || err.Error() != want {
 		t.Fatalf("start error = %v, want %q", err, want)

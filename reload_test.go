@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// applyYAML reloads a running in-process proxy with yamlText.
+func applyYAML(t *testing.T, srv *proxyServer, yamlText string) reloadSummary {
+	t.Helper()
+	cfg, err := parseConfig("test.yaml", []byte(yamlText))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	sum, err := srv.apply(cfg)
+	if err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	return sum
+}
+
+func TestReloadSwapsTargetsForNextConnection(t *testing.T) {
+	a, b := startBackend(t, namedHandler("a")), startBackend(t, namedHandler("b"))
+	port := freePort(t)
+	srv, _ := startProxy(t, "apps:\n"+appYAML("web", []int{port}, []string{a.addr}, ""))
+	held := dialProxy(t, port)
+	if got := readLine(t, held); got != "a" {
+		t.Fatalf("before reload: %q", got)
+	}
+	sum := applyYAML(t, srv, "apps:\n"+appYAML("web", []int{port}, []string{b.addr}, ""))
+	if fmt.Sprint(sum.changed) != "[web]" || len(sum.opened)+len(sum.closed)+len(sum.added)+len(sum.removed) != 0 {
+		t.Errorf("summary = %+v", sum)
+	}
+	if got := readLine(t, dialProxy(t, port)); got != "b" {
+		t.Fatalf("after reload the next connection went to %q, want b", got)
+	}
+	// The connection established before the reload still works.
+	held.Write([]byte("still here\n"))
+	if got := readLine(t, held); got != "still here" {
+		t.Fatalf("old connection after reload: %q", got)
+	}
+}
+
+func TestReloadPortsAddedAndRemoved(t *testing.T) {
+	be := startBackend(t, echoHandler)
+	p1, p2 := freePort(t), freePort(t)
+	srv, _ := startProxy(t, "apps:\n"+appYAML("web", []int{p1}, []string{be.addr}, ""))
+	held := dialProxy(t, p1)
+
+	sum := applyYAML(t, srv, "apps:\n"+appYAML("web", []int{p2}, []string{be.addr}, ""))
+	if fmt.Sprint(sum.opened) != fmt.Sprintf("[127.0.0.1:%d]", p2) || fmt.Sprint(sum.closed) != fmt.Sprintf("[127.0.0.1:%d]", p1) {
+		t.Errorf("summary = %+v", sum)
+	}
+	if _, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p1)); !isRefused(err) {
+		t.Errorf("removed port: dial err = %v, want refused", err)
+	}
+	c := dialProxy(t, p2)
+	c.Write([]byte("new port\n"))
+	if got := readLine(t, c); got != "new port" {
+		t.Fatalf("added port: %q", got)
+	}
+	// A connection accepted on the removed port runs on.
+	held.Write([]byte("old port\n"))
+	if got := readLine(t, held); got != "old port" {
+		t.Fatalf("connection on a removed port: %q", got)
+	}
+}
+
+// TestReloadRemovingAppKeepsTransfer starts a long transfer, reloads
+// with a config that no longer has its app, and checks every byte.
+func TestReloadRemovingAppKeepsTransfer(t *testing.T) {
+	be := startBackend(t, echoHandler)
+	other := startBackend(t, echoHandler)
+	p1, p2 := freePort(t), freePort(t)
+	srv, _ := startProxy(t, "apps:\n"+appYAML("doomed", []int{p1}, []string{be.addr}, "")+appYAML("other", []int{p2}, []string{other.addr}, ""))
+
+	c := dialProxy(t, p1)
+	data := bytes.Repeat([]byte("0123456789abcdef"), 2<<20) // 32 MiB
+	half := len(data) / 2
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	if _, err := c.Write(data[:half]); err != nil {
+		t.Fatal(err)
+	}
+	sum := applyYAML(t, srv, "apps:\n"+appYAML("other", []int{p2}, []string{other.addr}, ""))
+	if fmt.Sprint(sum.removed) != "[doomed]" {
+		t.Errorf("summary = %+v", sum)
+	}
+	if _, err := c.Write(data[half:]); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	select {
+	case b := <-got:
+		if sha256.Sum256(b) != sha256.Sum256(data) {
+			t.Fatalf("transfer through a removed app: got %d of %d bytes, or different bytes", len(b), len(data))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("transfer did not finish")
+	}
+}
+
+func TestReloadKeepsHealthOfTargetsThatStay(t *testing.T) {
+	live := startBackend(t, namedHandler("live"))
+	dead := deadAddr(t)
+	port := freePort(t)
+	srv, _ := startProxy(t, "apps:\n"+appYAML("web", []int{port}, []string{dead, live.addr}, "balance: round_robin\nfail_timeout: 1h"))
+	countTargets(t, port, 2) // marks dead down
+	if srv.appAt(0).targets[0].health.Up() {
+		t.Fatal("dead target not marked down")
+	}
+	applyYAML(t, srv, "apps:\n"+appYAML("web", []int{port}, []string{dead, live.addr}, "balance: round_robin\nfail_timeout: 1h\ndial_timeout: 2s"))
+	if srv.appAt(0).targets[0].health.Up() {
+		t.Fatal("a reload forgot that a target that stays is down")
+	}
+}
+
+// TestReloadPortMovesBetweenApps runs a client loop while a port moves
+// from one app to another, and asserts no connection is refused.
+func TestReloadPortMovesBetweenApps(t *testing.T) {
+	a, b := startBackend(t, namedHandler("a")), startBackend(t, namedHandler("b"))
+	shared, pa, pb := freePort(t), freePort(t), freePort(t)
+	before := "apps:\n" + appYAML("app-a", []int{pa, shared}, []string{a.addr}, "") + appYAML("app-b", []int{pb}, []string{b.addr}, "")
+	after := "apps:\n" + appYAML("app-a", []int{pa}, []string{a.addr}, "") + appYAML("app-b", []int{pb, shared}, []string{b.addr}, "")
+	srv, _ := startProxy(t, before)
+
+	var (
+		stop     atomic.Bool
+		failures atomic.Int64
+		seen     sync.Map
+		wg       sync.WaitGroup
+	)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", shared))
+				if err != nil {
+					failures.Add(1)
+					continue
+				}
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				line := make([]byte, 2)
+				if _, err := io.ReadFull(c, line); err != nil {
+					failures.Add(1)
+				} else {
+					seen.Store(string(line[:1]), true)
+				}
+				c.Close()
+			}
+		}()
+	}
+	waitFor(t, 5*time.Second, "traffic to app-a", func() bool { _, ok := seen.Load("a"); return ok })
+	for i := 0; i < 10; i++ {
+		applyYAML(t, srv, after)
+		applyYAML(t, srv, before)
+	}
+	applyYAML(t, srv, after)
+	waitFor(t, 5*time.Second, "traffic to app-b", func() bool { _, ok := seen.Load("b"); return ok })
+	stop.Store(true)
+	wg.Wait()
+	if n := failures.Load(); n != 0 {
+		t.Fatalf("%d connections failed while the port moved between apps", n)
+	}
+}
+
+func TestReloadNewPortInUseChangesNothing(t *testing.T) {
+	be := startBackend(t, namedHandler("old"))
+	other := startBackend(t, namedHandler("new"))
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	port := freePort(t)
+	srv, _ := startProxy(t, "apps:\n"+appYAML("web", []int{port}, []string{be.addr}, ""))
+	cfg, err := parseConfig("test.yaml", []byte("apps:\n"+appYAML("web", []int{port, taken.Addr().(*net.TCPAddr).Port}, []string{other.addr}, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.apply(cfg); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("apply err = %v, want address in use", err)
+	}
+	if got := readLine(t, dialProxy(t, port)); got != "old" {
+		t.Fatalf("after a failed reload the port serves %q, want the old config", got)
+	}
+}
+
+// startBinary runs the built binary on a config file and waits until
+// port accepts.
+func startBinary(t *testing.T, port int, args ...string) (*os.Process, *syncBuffer) {
+	t.Helper()
+	cmd, out := runBinary(t, args...)
+	waitFor(t, 10*time.Second, "the proxy to listen", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return cmd.Process, out
+}
+
+// TestBinaryReloadOnSIGHUP: an invalid file keeps the old config serving
+// and logs every error; a valid one takes effect.
+func TestBinaryReloadOnSIGHUP(t *testing.T) {
+	a, b := startBackend(t, namedHandler("a")), startBackend(t, namedHandler("b"))
+	port := freePort(t)
+	path := writeConfig(t, "apps:\n"+appYAML("web", []int{port}, []string{a.addr}, ""))
+	proc, out := startBinary(t, port, "-c", path)
+
+	bad := "apps:\n- name: web\n  listen: 127.0.0.1\n  ports: [" + fmt.Sprint(port) + ", 0]\n  tagets: [x]\n"
+	os.WriteFile(path, []byte(bad), 0o644)
+	proc.Signal(syscall.SIGHUP)
+	waitFor(t, 5*time.Second, "the failed reload to be logged", func() bool {
+		return strings.Count(out.String(), "config reload failed") >= 3
+	})
+	for _, want := range []string{"port 0 outside 1..65535", `unknown key \"tagets\"`, "no targets"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+	if got := readLine(t, dialProxy(t, port)); got != "a" {
+		t.Fatalf("after an invalid reload: %q, want the old config", got)
+	}
+
+	os.WriteFile(path, []byte("apps:\n"+appYAML("web", []int{port}, []string{b.addr}, "")), 0o644)
+	proc.Signal(syscall.SIGHUP)
+	waitFor(t, 5*time.Second, "the new config to serve", func() bool {
+		return readLine(t, dialProxy(t, port)) == "b"
+	})
+	if !strings.Contains(out.String(), `msg="config reloaded" apps_added=[] apps_removed=[] apps_changed=[web]`) {
+		t.Errorf("no reload summary line:\n%s", out)
+	}
+}
+
+// TestBinaryWatch: -watch reloads on a write in place and on a new file
+// renamed over the old one, as editors do.
+func TestBinaryWatch(t *testing.T) {
+	a, b, c := startBackend(t, namedHandler("a")), startBackend(t, namedHandler("b")), startBackend(t, namedHandler("c"))
+	port := freePort(t)
+	path := writeConfig(t, "apps:\n"+appYAML("web", []int{port}, []string{a.addr}, ""))
+	_, out := startBinary(t, port, "-watch", "-c", path)
+	defer func() {
+		if t.Failed() {
+			t.Log(out)
+		}
+	}()
+
+	tests := []struct {
+		name    string
+		target  *backend
+		answers string
+		write   func(text string)
+	}{
+		{"write in place", b, "b", func(text string) {
+			f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteString(text)
+			f.Close()
+		}},
+		{"rename over", c, "c", func(text string) {
+			tmp := filepath.Join(filepath.Dir(path), ".config.yaml.swp")
+			os.WriteFile(tmp, []byte(text), 0o644)
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.write("apps:\n" + appYAML("web", []int{port}, []string{tt.target.addr}, ""))
+			waitFor(t, 5*time.Second, "the change to be picked up", func() bool {
+				return readLine(t, dialProxy(t, port)) == tt.answers
+			})
+		})
+	}
+}

@@ -1,0 +1,157 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestBinaryUpgrade upgrades the running binary while clients connect
+// in a loop, and asserts that not one connection failed, and that a
+// connection opened before the upgrade finishes on the old process.
+func TestBinaryUpgrade(t *testing.T) {
+	be := startBackend(t, echoHandler)
+	port, adminPort := freePort(t), freePort(t)
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "tcpproxy.pid")
+	path := writeConfig(t, fmt.Sprintf("admin: 127.0.0.1:%d\nshutdown_timeout: 30s\napps:\n", adminPort)+appYAML("web", []int{port}, []string{be.addr}, ""))
+	oldProc, out := startBinary(t, port, "-c", path, "-pid-file", pidFile)
+	waitFor(t, 5*time.Second, "the pid file", func() bool { return readPIDFile(pidFile) == oldProc.Pid })
+
+	// A connection from before the upgrade, held across it.
+	held := dialProxy(t, port)
+	held.Write([]byte("before\n"))
+	if got := readLine(t, held); got != "before" {
+		t.Fatalf("held connection: %q", got)
+	}
+
+	var (
+		stop     atomic.Bool
+		ok, fail atomic.Int64
+		errs     sync.Map
+		wg       sync.WaitGroup
+	)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 5)
+			for !stop.Load() {
+				err := func() error {
+					c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(10 * time.Second))
+					if _, err := c.Write([]byte("ping\n")); err != nil {
+						return err
+					}
+					if _, err := io.ReadFull(c, buf); err != nil {
+						return err
+					}
+					if string(buf) != "ping\n" {
+						return fmt.Errorf("echo %q", buf)
+					}
+					return nil
+				}()
+				if err != nil {
+					fail.Add(1)
+					errs.Store(err.Error(), true)
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	waitFor(t, 5*time.Second, "the client loop to run", func() bool { return ok.Load() > 50 })
+
+	// `tcpproxy -upgrade` signals the old process and waits for the new.
+	upgradeOut, err := exec.Command(buildBinary(t), "-upgrade", "-pid-file", pidFile).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tcpproxy -upgrade: %v\n%s\nproxy log:\n%s", err, upgradeOut, out)
+	}
+	newPID := readPIDFile(pidFile)
+	if newPID == oldProc.Pid || newPID == 0 {
+		t.Fatalf("pid file holds %d after the upgrade (old %d)", newPID, oldProc.Pid)
+	}
+	newProc, _ := os.FindProcess(newPID)
+	t.Cleanup(func() {
+		newProc.Signal(syscall.SIGKILL)
+	})
+	before := ok.Load()
+	waitFor(t, 5*time.Second, "connections after the upgrade", func() bool { return ok.Load() > before+50 })
+	stop.Store(true)
+	wg.Wait()
+	if n := fail.Load(); n != 0 {
+		var list []string
+		errs.Range(func(k, _ any) bool { list = append(list, k.(string)); return true })
+		t.Fatalf("%d of %d connections failed across the upgrade: %v\n%s", n, n+ok.Load(), list, out)
+	}
+	t.Logf("%d connections across the upgrade, none failed", ok.Load())
+
+	// The held connection still works, served by the old process, which
+	// is still running because of it.
+	held.Write([]byte("after\n"))
+	if got := readLine(t, held); got != "after" {
+		t.Fatalf("held connection after the upgrade: %q", got)
+	}
+	if err := oldProc.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the old process exited while it still had a connection: %v", err)
+	}
+	held.Close()
+	exited := make(chan struct{})
+	go func() {
+		for oldProc.Signal(syscall.Signal(0)) == nil && !processGone(oldProc.Pid) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		close(exited)
+	}()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the old process did not exit after its last connection closed\n%s", out)
+	}
+	if !bytes.Contains([]byte(out.String()), []byte("msg=stopped drained=")) {
+		t.Errorf("old process did not log its drain:\n%s", out)
+	}
+	// The admin server moved with the listeners.
+	waitFor(t, 5*time.Second, "the new process's admin server", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", adminPort))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+func readPIDFile(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// processGone reports whether pid has exited (or is a zombie waiting to
+// be reaped by the test's exec.Cmd).
+func processGone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	f := strings.Fields(string(b))
+	return len(f) > 2 && f[2] == "Z"
+}
