@@ -112,6 +112,46 @@ apps:
 	}
 }
 
+func TestLoadConfigOperationsKeys(t *testing.T) {
+	path := writeConfig(t, `admin: 0.0.0.0:9090
+admin_public: true
+reuse_port: true
+defaults:
+  access_log: true
+  keepalive: -1s
+apps:
+- name: a
+  ports: [1]
+  targets: [a:1]
+  proxy_protocol: 2
+  accept_proxy_protocol: true
+  idle_timeout: 1h
+  keepalive: 30s
+- name: b
+  ports: [2]
+  targets: [a:1]
+`)
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := cfg.Apps[0], cfg.Apps[1]
+	if cfg.Admin != "0.0.0.0:9090" || !cfg.AdminPublic || !cfg.ReusePort {
+		t.Errorf("top level = %+v", cfg)
+	}
+	if !a.AccessLog || a.ProxyProtocol != 2 || !a.AcceptProxyProtocol || a.IdleTimeout != time.Hour || a.KeepAlive != 30*time.Second {
+		t.Errorf("app a = %+v", a)
+	}
+	if !b.AccessLog || b.ProxyProtocol != 0 || b.AcceptProxyProtocol || b.IdleTimeout != 0 || b.KeepAlive != -time.Second {
+		t.Errorf("app b = %+v", b)
+	}
+	for _, ok := range []string{"127.0.0.1:9090", "[::1]:9090", "localhost:9090"} {
+		if err := checkAdminAddr(ok, false); err != nil {
+			t.Errorf("admin %s: %v", ok, err)
+		}
+	}
+}
+
 func TestLoadConfigShippedExample(t *testing.T) {
 	cfg, err := loadConfig("config.yaml")
 	if err != nil {
@@ -169,6 +209,12 @@ func TestLoadConfigErrors(t *testing.T) {
 			[]string{`:6: app "a": allow: "10.0.0.0/33" is not an IP address or CIDR`, `:8: app "a": deny: "not-an-ip" is not an IP address or CIDR`}},
 		{"duplicate target", "apps:\n- name: a\n  ports: [1]\n  targets:\n  - a:1\n  - {address: a:1}\n",
 			[]string{`:6: app "a": target "a:1" listed twice (first at line 5`}},
+		{"admin without host", "admin: \":9090\"\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n", []string{`:1: admin ":9090": no host means every interface`}},
+		{"admin not loopback", "admin: 0.0.0.0:9090\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n", []string{`:1: admin "0.0.0.0:9090": not a loopback address: set admin_public: true`}},
+		{"admin bad port", "admin: 127.0.0.1:http\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n", []string{`:1: admin "127.0.0.1:http": port "http" outside 1..65535`}},
+		{"operations keys", "defaults:\n  proxy_protocol: 3\n  keepalive: often\n  idle_timeout: -1s\n  access_log: yes please\n  accept_proxy_protocol: 1\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n",
+			[]string{`:2: app "a": proxy_protocol 3: must be 1, 2 or 0 (none)`, `:3: app "a": keepalive: "often" is not a duration`, `:4: app "a": idle_timeout: -1s must not be negative`,
+				`:5: "yes please" must be true or false`, `:6: "1" must be true or false`}},
 		{"target mapping", "apps:\n- name: a\n  ports: [1]\n  targets:\n  - address: a:1\n    weight: 1001\n  - address: a:2\n    wieght: 2\n  - address: a:3\n    weight: heavy\n  - [a:4]\n",
 			[]string{`:6: app "a": target "a:1": weight 1001 outside 0..1000`, `:8: unknown key "wieght" in target`, `:10: "heavy" must be an integer`, `:11: a target is a "host:port" string`}},
 	}
