@@ -163,7 +163,10 @@ func (fw *fileWatcher) loop(path string, log *slog.Logger) {
 			if !ok {
 				return
 			}
-			if filepath.Clean(ev.Name) == path && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
+			// A Kubernetes ConfigMap volume swaps its "..data" symlink
+			// instead of touching the file the config path names.
+			name := filepath.Clean(ev.Name)
+			if (name == path || filepath.Base(name) == "..data") && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
 				timer = time.After(watchDebounce)
 			}
 		case err, ok := <-fw.w.Errors:
