@@ -1,0 +1,132 @@
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const testIdle = 200 * time.Millisecond
+
+// waitClosed reads from c until the relay hangs up and returns how long
+// that took. Data is discarded.
+func waitClosed(t *testing.T, c *net.TCPConn) time.Duration {
+	t.Helper()
+	start := time.Now()
+	c.SetReadDeadline(start.Add(20 * testIdle)) // only so a broken test ends
+	_, err := io.Copy(io.Discard, struct{ io.Reader }{c})
+	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("waiting for the relay to close: %v", err)
+	}
+	return time.Since(start)
+}
+
+func TestIdleTimeout(t *testing.T) {
+	ln := listen(t)
+	idle := NewIdle(testIdle)
+	client, _, p := setup(t, ln, modeRelay, idle)
+	if d := waitClosed(t, client); d < testIdle {
+		t.Errorf("idle pair closed after %v, before the %v timeout", d, testIdle)
+	}
+	<-p.done
+	if !idle.TimedOut() {
+		t.Error("TimedOut() = false after the pair was closed for idleness")
+	}
+	for i, err := range p.errs {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("relay direction %d ended with %v, want a deadline error", i, err)
+		}
+	}
+}
+
+// TestIdleTimeoutStuckWriter: one direction is blocked writing to a
+// client that never reads, the other has nothing to read. No bytes move,
+// so the pair is idle, and expiring it must unblock the writer too.
+func TestIdleTimeoutStuckWriter(t *testing.T) {
+	ln := listen(t)
+	idle := NewIdle(testIdle)
+	client, server, p := setup(t, ln, modeRelay, idle)
+	// Fill the server->client path until the server's own write blocks.
+	sent := sendAndClose(server, 1<<30, 6)
+	select {
+	case <-p.done:
+	case <-time.After(20 * testIdle):
+		t.Fatal("stuck pair not closed")
+	}
+	if !idle.TimedOut() {
+		t.Error("TimedOut() = false")
+	}
+	client.Close()
+	server.Close()
+	<-sent
+}
+
+// TestIdleOneWayTraffic streams in one direction only for 3x the timeout;
+// the shared clock must keep the silent direction from closing the pair.
+func TestIdleOneWayTraffic(t *testing.T) {
+	ln := listen(t)
+	for _, dir := range []string{"client->server", "server->client"} {
+		t.Run(dir, func(t *testing.T) {
+			idle := NewIdle(testIdle)
+			client, server, p := setup(t, ln, modeRelay, idle)
+			from, to := client, server
+			if dir == "server->client" {
+				from, to = server, client
+			}
+
+			received := make(chan error, 1)
+			go func() {
+				buf := make([]byte, 100)
+				for {
+					if _, err := io.ReadFull(to, buf); err != nil {
+						received <- err
+						return
+					}
+					if buf[0] == 'q' {
+						received <- nil
+						return
+					}
+				}
+			}()
+			tick := time.NewTicker(testIdle / 10)
+			msg := make([]byte, 100)
+			for end := time.Now().Add(3 * testIdle); time.Now().Before(end); <-tick.C {
+				if _, err := from.Write(msg); err != nil {
+					t.Fatalf("write after %v: %v", time.Since(end.Add(-3*testIdle)), err)
+				}
+			}
+			tick.Stop()
+			msg[0] = 'q'
+			if _, err := from.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-received; err != nil {
+				t.Fatalf("reading the stream: %v", err)
+			}
+			if idle.TimedOut() {
+				t.Fatal("pair with steady one-way traffic timed out")
+			}
+			// The silent direction still works.
+			exchange(t, to, from, 1)
+
+			// Once both directions are quiet, the pair does time out.
+			waitClosed(t, client)
+			<-p.done
+			if !idle.TimedOut() {
+				t.Error("TimedOut() = false after the traffic stopped")
+			}
+		})
+	}
+}
+
+func TestNewIdleNonPositive(t *testing.T) {
+	for _, d := range []time.Duration{0, -time.Second} {
+		if i := NewIdle(d); i != nil || i.TimedOut() {
+			t.Errorf("NewIdle(%v) = %v, want nil (no timeout)", d, i)
+		}
+	}
+}

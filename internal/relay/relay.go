@@ -1,0 +1,124 @@
+// Package relay moves bytes between two TCP connections for a layer-4
+// proxy without pinning kernel pipes to idle connections.
+//
+// io.Copy between two *net.TCPConn splices, but Go's splice takes a pipe
+// pair from its pool for the whole call and keeps it while blocked waiting
+// for data, so every idle relayed connection costs two pipes (four file
+// descriptors) on top of its two sockets. A relay.Conn waits for data
+// without a pipe or a buffer, then moves exactly what the kernel has
+// queued: small messages by read+write, bulk data by splice. The same loop
+// counts bytes and drives an optional idle timeout.
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+)
+
+// Conn is a *net.TCPConn whose WriteTo relays to w without holding a
+// splice pipe while the connection is idle.
+//
+// io.Copy(dst, src) asks src for io.WriterTo first, so a Conn used as the
+// source of inetaf/tcpproxy's io.Copy decides how bytes move. Everything
+// else (CloseRead, CloseWrite, ReadFrom, deadlines) is promoted from the
+// embedded *net.TCPConn, which keeps the library's half-close handling and
+// lets a Conn be the splice destination of another Conn.
+//
+// WriteTo must not be called concurrently with itself or with Read.
+type Conn struct {
+	*net.TCPConn
+
+	idle *Idle
+	read atomic.Int64 // bytes WriteTo has moved from this socket to w
+}
+
+// New wraps c. Connections relayed as one pair should share idle; a nil
+// idle means no idle timeout, and then New and WriteTo never touch c's
+// deadlines.
+func New(c *net.TCPConn, idle *Idle) *Conn {
+	idle.register(c)
+	return &Conn{TCPConn: c, idle: idle}
+}
+
+// BytesRead reports how many bytes WriteTo has read from this connection
+// and written to its destination. It is safe to call concurrently with
+// WriteTo, e.g. from a metrics scrape.
+func (c *Conn) BytesRead() int64 { return c.read.Load() }
+
+// WriteTo copies from c to w until EOF or an error, like io.Copy, and
+// returns a nil error on EOF.
+//
+// Between chunks it waits for readability holding neither a pipe nor a
+// buffer. Small chunks are read and written through a pooled buffer; once
+// a read fills that buffer the stream is treated as bulk and each chunk is
+// spliced when w is an io.ReaderFrom (such as *net.TCPConn or *Conn),
+// asking for exactly the bytes the kernel has queued so the splice never
+// blocks on the read side while holding its pipe.
+//
+// If c has an Idle and the pair moved no bytes for its timeout, WriteTo
+// returns an error wrapping os.ErrDeadlineExceeded and Idle.TimedOut
+// reports true.
+func (c *Conn) WriteTo(w io.Writer) (n int64, err error) {
+	defer func() { c.idle.finish(err) }()
+	return c.writeTo(w)
+}
+
+func (c *Conn) writeTo(w io.Writer) (int64, error) {
+	rc, err := c.TCPConn.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("relay: %w", err)
+	}
+	rf, canSplice := w.(io.ReaderFrom)
+	wt := newWaiter(rc, canSplice)
+	wt.lr.R = c.TCPConn
+	dl := newDeadline(c.TCPConn, c.idle)
+
+	var total int64
+	for {
+		if err := wt.wait(&dl); err != nil {
+			return total, c.waitError(err)
+		}
+
+		var n int64
+		if wt.queued > 0 {
+			wt.lr.N = int64(min(wt.queued, maxChunk))
+			n, err = rf.ReadFrom(&wt.lr)
+			if err != nil && dl.active(err) {
+				// Our own read deadline fired inside a long splice while
+				// the pair was still busy; the unread bytes are still queued.
+				err = nil
+			}
+			if err != nil {
+				err = fmt.Errorf("relay: splice: %w", err)
+			}
+		} else {
+			if wt.n == 0 && wt.err == nil {
+				return total, nil // EOF
+			}
+			n, err = wt.flush(w)
+		}
+		if n > 0 {
+			total += n
+			c.read.Add(n)
+			c.idle.touch()
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// waitError turns an error from waiting for data into WriteTo's error.
+func (c *Conn) waitError(err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) && c.idle.TimedOut() {
+		return fmt.Errorf("relay: idle for %v: %w", c.idle.timeout, err)
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) && c.idle != nil && c.idle.stopped.Load() {
+		return fmt.Errorf("relay: stopped: %w", err)
+	}
+	return fmt.Errorf("relay: wait: %w", err)
+}

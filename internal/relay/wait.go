@@ -1,0 +1,153 @@
+package relay
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"syscall"
+	"unsafe"
+)
+
+// Chunk sizes, measured with the benchmarks in this package on loopback
+// (Linux 6.18, 2 cores); see bench_test.go for the figures.
+//
+// smallSize is the read+write buffer. A read that fills it marks the
+// stream as bulk. Messages below it cost two syscalls either way, but
+// read+write needs no pipe and no SIOCINQ.
+//
+// maxChunk caps one splice. Go's splice moves at most 1 MiB per splice(2)
+// pair anyway; a larger cap only saves our per-chunk ioctl and deadline
+// bookkeeping, which the benchmarks do not show.
+var (
+	smallSize = 16 << 10
+	maxChunk  = 1 << 20
+)
+
+// siocinq is SIOCINQ (FIONREAD) from linux/sockios.h: bytes queued for
+// reading on a TCP socket, not counting a received FIN.
+const siocinq = 0x541B
+
+// smallBufs holds the read+write buffers. A buffer is only taken once data
+// is known to be ready, so idle connections hold none.
+var smallBufs = sync.Pool{New: func() any {
+	b := make([]byte, smallSize)
+	return &b
+}}
+
+// waiter waits for a socket to become readable without holding a pipe or
+// a buffer, and reports what to do next: splice queued bytes, write a
+// small read, or stop at EOF or an error.
+//
+// Go's netpoller is edge-triggered, so a readiness callback may only ask to
+// wait after a real non-blocking operation said EAGAIN; returning false at
+// EOF would wait forever. ready therefore always ends in either SIOCINQ
+// reporting bulk data or a read.
+type waiter struct {
+	rc      syscall.RawConn
+	ready   func(fd uintptr) bool // w.onReadable, bound once per WriteTo
+	canBulk bool                  // the destination can splice
+	bulk    bool                  // the last read filled a small buffer
+
+	// Outcome of the last wait: either queued > 0 bytes to splice, or a
+	// read of n bytes into buf (n == 0 and err == nil means EOF).
+	queued int
+	buf    *[]byte
+	n      int
+	err    error
+
+	lr  io.LimitedReader // reused splice source, R set by the caller
+	inq int32            // SIOCINQ result, kept here so it does not escape per call
+}
+
+func newWaiter(rc syscall.RawConn, canBulk bool) *waiter {
+	w := &waiter{rc: rc, canBulk: canBulk}
+	w.ready = w.onReadable
+	return w
+}
+
+// wait blocks until data, EOF or an error is ready, keeping the read
+// deadline in step with the pair's idle clock.
+func (w *waiter) wait(dl *deadline) error {
+	w.queued, w.n, w.err = 0, 0, nil
+	if err := dl.arm(); err != nil {
+		return err
+	}
+	for {
+		err := w.rc.Read(w.ready)
+		if err != nil && dl.active(err) {
+			continue
+		}
+		return err
+	}
+}
+
+func (w *waiter) onReadable(fd uintptr) bool {
+	if w.bulk {
+		if err := w.ioctlInq(fd); err != nil {
+			w.err = fmt.Errorf("SIOCINQ: %w", err)
+			return true
+		}
+		if int(w.inq) >= smallSize {
+			w.queued = int(w.inq)
+			return true
+		}
+		// Too little for a splice to pay off, or nothing at all: fall
+		// through to a read, which also tells EOF from EAGAIN.
+	}
+
+	buf := smallBufs.Get().(*[]byte)
+	n, err := readFD(fd, *buf)
+	if err == syscall.EAGAIN {
+		smallBufs.Put(buf)
+		return false
+	}
+	if n > 0 {
+		w.buf, w.n = buf, n
+	} else {
+		smallBufs.Put(buf)
+	}
+	if err != nil {
+		w.err = fmt.Errorf("read: %w", err)
+	}
+	w.bulk = w.canBulk && n == len(*buf)
+	return true
+}
+
+// flush writes the bytes of the last read to dst and returns the buffer to
+// the pool. A read error is reported after the bytes before it are written.
+func (w *waiter) flush(dst io.Writer) (int64, error) {
+	var n int
+	if w.buf != nil {
+		var err error
+		n, err = dst.Write((*w.buf)[:w.n])
+		smallBufs.Put(w.buf) // io.Writer must not retain p
+		w.buf = nil
+		if err == nil && n < w.n {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return int64(n), fmt.Errorf("relay: write: %w", err)
+		}
+	}
+	if w.err != nil {
+		return int64(n), fmt.Errorf("relay: %w", w.err)
+	}
+	return int64(n), nil
+}
+
+func (w *waiter) ioctlInq(fd uintptr) error {
+	_, _, e := syscall.Syscall(syscall.SYS_IOCTL, fd, siocinq, uintptr(unsafe.Pointer(&w.inq)))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+func readFD(fd uintptr, p []byte) (int, error) {
+	for {
+		n, err := syscall.Read(int(fd), p)
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
+}
