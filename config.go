@@ -30,6 +30,7 @@ const (
 	defaultCheckTimeout    = time.Second
 	defaultCheckRise       = 2
 	defaultCheckFall       = 3
+	defaultHalfClose       = time.Minute
 	maxWeight              = 1000
 )
 
@@ -63,6 +64,9 @@ type appConfig struct {
 	AcceptProxyProtocol bool
 	KeepAlive           time.Duration // 0: the library's default (1m); < 0: off
 	IdleTimeout         time.Duration // 0: off
+	// HalfCloseTimeout bounds the phase after one side has finished: the
+	// other direction is closed once it moves no data for this long.
+	HalfCloseTimeout time.Duration
 }
 
 // targetConfig is one target of an app.
@@ -125,6 +129,7 @@ type appOptions struct {
 	AcceptProxy    *bool            `yaml:"accept_proxy_protocol"`
 	KeepAlive      *string          `yaml:"keepalive"`
 	IdleTimeout    *string          `yaml:"idle_timeout"`
+	HalfClose      *string          `yaml:"half_close_timeout"`
 }
 
 type healthCheckFile struct {
@@ -463,10 +468,11 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 		return nil, nil, false
 	}
 	app := &appConfig{
-		DialTimeout: defaultDialTimeout,
-		Balance:     balance.Random,
-		MaxFails:    defaultMaxFails,
-		FailTimeout: defaultFailTimeout,
+		HalfCloseTimeout: defaultHalfClose,
+		DialTimeout:      defaultDialTimeout,
+		Balance:          balance.Random,
+		MaxFails:         defaultMaxFails,
+		FailTimeout:      defaultFailTimeout,
 	}
 	if o, n, ok := pick("listen", func(o *appOptions) bool { return o.Listen != nil }); ok {
 		app.Listen = strings.Trim(*o.Listen, "[]")
@@ -530,6 +536,9 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 	}
 	if o, n, ok := pick("idle_timeout", func(o *appOptions) bool { return o.IdleTimeout != nil }); ok {
 		app.IdleTimeout = v.durationAt(n, *o.IdleTimeout, label+": idle_timeout", false)
+	}
+	if o, n, ok := pick("half_close_timeout", func(o *appOptions) bool { return o.HalfClose != nil }); ok {
+		app.HalfCloseTimeout = v.durationAt(n, *o.HalfClose, label+": half_close_timeout", true)
 	}
 	return app
 }

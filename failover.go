@@ -47,7 +47,7 @@ type failoverTarget struct {
 
 	// panicHook, when set by a test, runs inside HandleConn to inject a
 	// panic where a real bug would strike.
-	panicHook func()
+	panicHook atomic.Pointer[func()]
 }
 
 // targetState is the live state of one target of one app. It outlives
@@ -68,6 +68,7 @@ type appStats struct {
 	rejectedLimit  atomic.Int64
 	rejectedDenied atomic.Int64
 	failed         atomic.Int64
+	idleTimeouts   atomic.Int64
 	bytesToTarget  atomic.Int64
 	bytesToClient  atomic.Int64
 	duration       stats.DurationRecorder
@@ -201,8 +202,8 @@ func (ft *failoverTarget) HandleConn(c net.Conn) {
 
 	entry := ft.conns.add(client)
 	defer ft.conns.remove(entry)
-	if ft.panicHook != nil {
-		ft.panicHook()
+	if hook := ft.panicHook.Load(); hook != nil {
+		(*hook)()
 	}
 
 	target, ts, attempts, err := ft.dial(clientIP)
@@ -301,10 +302,7 @@ func (ft *failoverTarget) relay(client, target *net.TCPConn) (toTarget, toClient
 			ft.log.Debug("set keepalive", "err", err)
 		}
 	}
-	var idle *relay.Idle
-	if ft.app.IdleTimeout > 0 {
-		idle = relay.NewIdle(ft.app.IdleTimeout)
-	}
+	idle := relay.NewTimeouts(ft.app.IdleTimeout, ft.app.HalfCloseTimeout)
 	src, dst := relay.New(client, idle), relay.New(target, idle)
 	dp := tcpproxy.DialProxy{
 		DialTimeout:     -1, // already dialed: no per-connection timer
@@ -314,8 +312,8 @@ func (ft *failoverTarget) relay(client, target *net.TCPConn) (toTarget, toClient
 		},
 	}
 	dp.HandleConn(src)
-	if idle != nil && idle.TimedOut() {
-		ft.log.Debug("idle timeout", "client", client.RemoteAddr().String(), "idle_timeout", ft.app.IdleTimeout.String())
+	if idle.TimedOut() {
+		ft.stats.idleTimeouts.Add(1)
 	}
 	return src.BytesRead(), dst.BytesRead()
 }
@@ -356,6 +354,7 @@ func (ft *failoverTarget) snapshot() stats.App {
 		RejectedLimit:  st.rejectedLimit.Load(),
 		RejectedDenied: st.rejectedDenied.Load(),
 		Failed:         st.failed.Load(),
+		IdleTimeouts:   st.idleTimeouts.Load(),
 		BytesToTarget:  st.bytesToTarget.Load(),
 		BytesToClient:  st.bytesToClient.Load(),
 		Duration:       st.duration.Snapshot(),

@@ -101,7 +101,7 @@ func TestStatusJSON(t *testing.T) {
 			snap: sampleSnapshot(),
 			want: `{"apps": [
 				{"name": "web", "listen": "127.0.0.1", "ports": [5001, 5200], "balance": "round_robin",
-				 "active": 3, "total": 120, "rejected_limit": 4, "rejected_denied": 2, "failed": 1,
+				 "active": 3, "total": 120, "rejected_limit": 4, "rejected_denied": 2, "failed": 1, "idle_timeouts": 0,
 				 "bytes_to_target": 1048576, "bytes_to_client": 5242880,
 				 "targets": [
 					{"address": "127.0.0.1:9001", "up": true, "weight": 2, "backup": false,
@@ -113,7 +113,7 @@ func TestStatusJSON(t *testing.T) {
 					 "last_error_at": "2026-05-01T12:00:00Z"}
 				 ]},
 				{"name": "idle", "listen": "", "ports": [], "balance": "random",
-				 "active": 0, "total": 0, "rejected_limit": 0, "rejected_denied": 0, "failed": 0,
+				 "active": 0, "total": 0, "rejected_limit": 0, "rejected_denied": 0, "failed": 0, "idle_timeouts": 0,
 				 "bytes_to_target": 0, "bytes_to_client": 0, "targets": []}
 			]}`,
 		},

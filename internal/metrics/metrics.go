@@ -36,6 +36,7 @@ type descs struct {
 	connections       *prometheus.Desc
 	rejected          *prometheus.Desc
 	failed            *prometheus.Desc
+	idleTimeouts      *prometheus.Desc
 	active            *prometheus.Desc
 	targetActive      *prometheus.Desc
 	targetDials       *prometheus.Desc
@@ -59,6 +60,9 @@ func newDescs() descs {
 			[]string{"app", "reason"}, nil),
 		failed: prometheus.NewDesc("tcpproxy_connections_failed_total",
 			"Accepted client connections closed because every target failed to dial.",
+			app, nil),
+		idleTimeouts: prometheus.NewDesc("tcpproxy_connections_idle_timeout_total",
+			"Relayed connections closed because no data moved either way for idle_timeout.",
 			app, nil),
 		active: prometheus.NewDesc("tcpproxy_active_connections",
 			"Client connections of the app open now.",
@@ -92,7 +96,7 @@ func newDescs() descs {
 
 func (d descs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{
-		d.connections, d.rejected, d.failed, d.active,
+		d.connections, d.rejected, d.failed, d.idleTimeouts, d.active,
 		d.targetActive, d.targetDials, d.targetDialFailure, d.targetUp,
 		d.duration, d.bytes, d.reloads, d.lastReloadSuccess,
 	}
@@ -156,6 +160,7 @@ func (c *collector) collectApp(e emitter, a *stats.App) {
 	e.metric(d.rejected, prometheus.CounterValue, float64(a.RejectedLimit), a.Name, reasonLimit)
 	e.metric(d.rejected, prometheus.CounterValue, float64(a.RejectedDenied), a.Name, reasonDenied)
 	e.metric(d.failed, prometheus.CounterValue, float64(a.Failed), a.Name)
+	e.metric(d.idleTimeouts, prometheus.CounterValue, float64(a.IdleTimeouts), a.Name)
 	e.metric(d.active, prometheus.GaugeValue, float64(a.Active), a.Name)
 	e.metric(d.bytes, prometheus.CounterValue, float64(a.BytesToTarget), a.Name, directionToTarget)
 	e.metric(d.bytes, prometheus.CounterValue, float64(a.BytesToClient), a.Name, directionToClient)

@@ -31,6 +31,7 @@ func sampleSnapshot() stats.Snapshot {
 				RejectedLimit:  4,
 				RejectedDenied: 2,
 				Failed:         1,
+				IdleTimeouts:   2,
 				BytesToTarget:  1 << 20,
 				BytesToClient:  5 << 20,
 				Duration: stats.Histogram{
@@ -82,6 +83,10 @@ tcpproxy_connections_rejected_total{app="idle",reason="denied"} 0
 # TYPE tcpproxy_connections_failed_total counter
 tcpproxy_connections_failed_total{app="web"} 1
 tcpproxy_connections_failed_total{app="idle"} 0
+# HELP tcpproxy_connections_idle_timeout_total Relayed connections closed because no data moved either way for idle_timeout.
+# TYPE tcpproxy_connections_idle_timeout_total counter
+tcpproxy_connections_idle_timeout_total{app="web"} 2
+tcpproxy_connections_idle_timeout_total{app="idle"} 0
 # HELP tcpproxy_active_connections Client connections of the app open now.
 # TYPE tcpproxy_active_connections gauge
 tcpproxy_active_connections{app="web"} 3

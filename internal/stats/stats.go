@@ -35,6 +35,7 @@ type App struct {
 	RejectedLimit  int64     `json:"rejected_limit"`
 	RejectedDenied int64     `json:"rejected_denied"`
 	Failed         int64     `json:"failed"` // every target failed
+	IdleTimeouts   int64     `json:"idle_timeouts"`
 	BytesToTarget  int64     `json:"bytes_to_target"`
 	BytesToClient  int64     `json:"bytes_to_client"`
 	Duration       Histogram `json:"-"`
