@@ -143,11 +143,23 @@ type connInfo struct {
 	toClient int64
 }
 
+// session is one client connection from accept to close. Its end runs
+// exactly once: on the accepting goroutine when the connection never
+// reaches a relay, else on the relay's last goroutine.
+type session struct {
+	ft     *failoverTarget
+	client *net.TCPConn
+	start  time.Time
+	info   connInfo
+	active bool              // holds one of the app's active slots
+	entry  *connEntry        // tracked for shutdown
+	ts     *targetState      // the target relayed to
+	hdr    proxyproto.Header // inbound PROXY header, if the app takes one
+}
+
 // HandleConn implements tcpproxy.Target.
 func (ft *failoverTarget) HandleConn(c net.Conn) {
-	start := time.Now()
-	st := ft.stats
-	st.accepted.Add(1)
+	ft.stats.accepted.Add(1)
 	client, ok := tcpproxy.UnderlyingConn(c).(*net.TCPConn)
 	if !ok {
 		// AddRoute never peeks, so the library hands us the accepted
@@ -156,101 +168,142 @@ func (ft *failoverTarget) HandleConn(c net.Conn) {
 		c.Close()
 		return
 	}
-	info := connInfo{client: addrPort(client.RemoteAddr())}
+	s := &session{ft: ft, client: client, start: time.Now(), info: connInfo{client: addrPort(client.RemoteAddr())}}
+	relayed := false
 	defer func() {
-		if r := recover(); r != nil {
+		if r := recover(); r != nil && !relayed {
 			// One connection's bug must not take the process, and every
 			// other connection, down with it.
-			ft.log.Error("panic in connection handler", "client", info.client.String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			ft.log.Error("panic in connection handler", "client", s.info.client.String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			client.Close()
-			info.result = "panic"
+			s.end("panic")
 		}
-		ft.accessLog(client, start, &info)
 	}()
+	if result := s.admit(); result != "" {
+		client.Close()
+		s.end(result)
+		return
+	}
+	target, result := s.connect()
+	if result != "" {
+		client.Close()
+		s.end(result)
+		return
+	}
+	relayed = true
+	relay.Start(client, target, relay.Options{
+		KeepAlive:        ft.app.KeepAlive,
+		IdleTimeout:      ft.app.IdleTimeout,
+		HalfCloseTimeout: ft.app.HalfCloseTimeout,
+	}, s.relayed)
+}
 
-	var proxyHdr proxyproto.Header
+// admit reads the PROXY header if the app takes one, applies allow/deny
+// and max_connections, and returns why the client is turned away, or "".
+func (s *session) admit() string {
+	ft, st := s.ft, s.ft.stats
 	if ft.app.AcceptProxyProtocol {
-		h, err := proxyproto.Read(client, start.Add(proxyHeaderTimeout))
+		h, err := proxyproto.Read(s.client, s.start.Add(proxyHeaderTimeout))
 		if err != nil {
-			ft.log.Error("bad PROXY protocol header", "client", info.client.String(), "err", err)
-			client.Close()
-			info.result = "bad proxy header"
-			return
+			ft.log.Error("bad PROXY protocol header", "client", s.info.client.String(), "err", err)
+			return "bad proxy header"
 		}
-		proxyHdr = h
+		s.hdr = h
 		if h.Source.IsValid() {
-			info.client = h.Source
+			s.info.client = h.Source
 		}
 	}
-
-	clientIP := info.client.Addr().Unmap()
-	if !ft.allowed(clientIP) {
+	if !ft.allowed(s.info.client.Addr().Unmap()) {
 		st.rejectedDenied.Add(1)
-		client.Close()
-		info.result = "rejected: denied"
-		return
+		return "rejected: denied"
 	}
 	if n := st.active.Add(1); ft.app.MaxConnections > 0 && n > int64(ft.app.MaxConnections) {
 		st.active.Add(-1)
 		st.rejectedLimit.Add(1)
 		ft.logLimit()
-		client.Close()
-		info.result = "rejected: limit"
-		return
+		return "rejected: limit"
 	}
-	defer st.active.Add(-1)
+	s.active = true
+	s.entry = ft.conns.add(s.client)
+	return ""
+}
 
-	entry := ft.conns.add(client)
-	defer ft.conns.remove(entry)
+// connect dials a target and sends it the PROXY header if configured. It
+// returns why there is no target to relay to, or "".
+func (s *session) connect() (*net.TCPConn, string) {
+	ft := s.ft
 	if hook := ft.panicHook.Load(); hook != nil {
 		(*hook)()
 	}
-
-	target, ts, attempts, err := ft.dial(clientIP)
-	info.attempts = attempts
+	target, i, attempts, err := ft.dial(s.info.client.Addr().Unmap())
+	s.info.attempts = attempts
 	if err != nil {
-		st.failed.Add(1)
-		ft.log.Error("all targets failed", "client", info.client.String(), "err", err)
-		client.Close()
-		info.result = "all targets failed"
-		return
+		ft.stats.failed.Add(1)
+		ft.log.Error("all targets failed", "client", s.info.client.String(), "err", err)
+		return nil, "all targets failed"
 	}
-	info.target = target.RemoteAddr().String()
-	ft.conns.setTarget(entry, target)
+	s.info.target = ft.app.Targets[i].Address
+	ts := ft.targets[i]
+	s.ts = ts
 	ts.total.Add(1)
 	ts.active.Add(1)
-	defer ts.active.Add(-1)
-
+	ft.conns.setTarget(s.entry, target)
 	if v := ft.app.ProxyProtocol; v != 0 {
-		dst := proxyHdr.Destination
+		dst := s.hdr.Destination
 		if !dst.IsValid() {
-			dst = addrPort(client.LocalAddr())
+			dst = addrPort(s.client.LocalAddr())
 		}
-		var buf [256]byte
-		if _, err := target.Write(proxyproto.Append(buf[:0], v, info.client, dst)); err != nil {
-			ft.log.Error("write PROXY protocol header", "target", info.target, "err", err)
-			client.Close()
+		var buf [128]byte
+		if _, err := target.Write(proxyproto.Append(buf[:0], v, s.info.client, dst)); err != nil {
+			ft.log.Error("write PROXY protocol header", "target", s.info.target, "err", err)
 			target.Close()
-			info.result = "target write failed"
-			return
+			return nil, "target write failed"
 		}
 	}
+	return target, ""
+}
 
-	info.toTarget, info.toClient = ft.relay(client, target)
-	st.bytesToTarget.Add(info.toTarget)
-	st.bytesToClient.Add(info.toClient)
-	st.duration.Observe(time.Since(start))
-	info.result = "ok"
+// relayed is the relay's report that both directions are done.
+func (s *session) relayed(r relay.Result) {
+	st := s.ft.stats
+	s.info.toTarget, s.info.toClient = r.ToTarget, r.ToClient
+	st.bytesToTarget.Add(r.ToTarget)
+	st.bytesToClient.Add(r.ToClient)
+	st.duration.Observe(time.Since(s.start))
+	if r.IdleTimedOut {
+		st.idleTimeouts.Add(1)
+	}
+	result := "ok"
+	if r.Panic != nil {
+		s.ft.log.Error("panic in relay", "client", s.info.client.String(), "panic", fmt.Sprint(r.Panic))
+		result = "panic"
+	}
+	s.end(result)
+}
+
+// end releases what the connection held and writes its access-log line.
+func (s *session) end(result string) {
+	if s.ts != nil {
+		s.ts.active.Add(-1)
+	}
+	if s.entry != nil {
+		s.ft.conns.remove(s.entry)
+	}
+	if s.active {
+		s.ft.stats.active.Add(-1)
+	}
+	s.info.result = result
+	s.ft.accessLog(s.client, s.start, &s.info)
 }
 
 // dial tries the app's targets in the balancer's order until one
-// answers. It returns the number of dials made and, when none answered,
-// every target's error.
-func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, *targetState, int, error) {
+// answers. It returns the index of the target that answered, the number
+// of dials made and, when none answered, every target's error.
+func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, error) {
 	var buf [16]int
 	order := ft.pool.Order(buf[:0], balance.Key(clientIP), ft)
 	if len(order) == 0 {
-		return nil, nil, 0, errors.New("no target can take connections (every weight is 0)")
+		return nil, -1, 0, errors.New("no target can take connections (every weight is 0)")
 	}
 	now := time.Now()
 	// The balancer puts a down target first only when every target is
@@ -281,41 +334,14 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, *targetState,
 				continue
 			}
 			ts.health.Success()
-			return c.(*net.TCPConn), ts, attempts, nil
+			return c.(*net.TCPConn), i, attempts, nil
 		}
 		// Every target in the order was skipped (their single trials
 		// taken by other connections): try them all rather than refuse.
 		force = true
 	}
 	errs.ErrorFormat = joinErrors
-	return nil, nil, attempts, errs
-}
-
-// relay copies bytes both ways until both directions are done and
-// returns the bytes moved each way. The library's DialProxy does the
-// copying and half-close handling; we hand it the conn already dialed,
-// wrapped in relay.Conn, whose WriteTo keeps splice(2) without holding
-// pipes while the connection is idle.
-func (ft *failoverTarget) relay(client, target *net.TCPConn) (toTarget, toClient int64) {
-	for _, c := range [2]*net.TCPConn{client, target} {
-		if err := relay.SetKeepAlive(c, ft.app.KeepAlive); err != nil {
-			ft.log.Debug("set keepalive", "err", err)
-		}
-	}
-	idle := relay.NewTimeouts(ft.app.IdleTimeout, ft.app.HalfCloseTimeout)
-	src, dst := relay.New(client, idle), relay.New(target, idle)
-	dp := tcpproxy.DialProxy{
-		DialTimeout:     -1, // already dialed: no per-connection timer
-		KeepAlivePeriod: -1, // set above, on the conns the library cannot unwrap
-		DialContext: func(context.Context, string, string) (net.Conn, error) {
-			return dst, nil
-		},
-	}
-	dp.HandleConn(src)
-	if idle.TimedOut() {
-		ft.stats.idleTimeouts.Add(1)
-	}
-	return src.BytesRead(), dst.BytesRead()
+	return nil, -1, attempts, errs
 }
 
 // accessLog writes the connection's access-log line: at Info with

@@ -17,6 +17,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -47,6 +49,7 @@ type options struct {
 	watch      bool
 	upgrade    bool
 	pidFile    string
+	pprofAddr  string
 	logFormat  string
 	version    bool
 }
@@ -62,6 +65,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.watch, "watch", false, "reload the config whenever the file changes (as on SIGHUP)")
 	fs.BoolVar(&o.upgrade, "upgrade", false, "upgrade the running proxy named by -pid-file to the binary on disk, without dropping a connection, and exit 0 when done")
 	fs.StringVar(&o.pidFile, "pid-file", "", "write the process ID to `path` once serving (rewritten by an upgraded process)")
+	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060), for profiling; off by default")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: `text` or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -165,6 +169,12 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	if opts.pprofAddr != "" {
+		if err := servePprof(opts.pprofAddr, log); err != nil {
+			log.Error("cannot start", "err", err)
+			return 1
+		}
+	}
 	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout}
 	if d.srv, err = startProxyServer(cfg, log, listenFunc(cfg.ReusePort, inherited.Listener)); err != nil {
 		log.Error("cannot start", "err", err)
@@ -266,6 +276,24 @@ func checkNoFileLimit(cfg *config, log *slog.Logger) error {
 		log.Warn("open files limit is below what max_connections implies", "limit", lim.Cur, "needed", need,
 			"hint", "raise LimitNOFILE= in the systemd unit, or ulimit -n")
 	}
+	return nil
+}
+
+// servePprof serves the runtime profiles on addr, on a mux of its own so
+// that they never appear on the admin address by accident.
+func servePprof(addr string, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("pprof: listen on %s: %w", addr, unwrapOpError(err))
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	go http.Serve(ln, mux)
+	log.Info("pprof listening", "addr", ln.Addr().String())
 	return nil
 }
 
