@@ -58,7 +58,8 @@ func (p *pair) copy(dst, src *Conn) {
 	defer p.finish()
 	defer func() {
 		if r := recover(); r != nil {
-			p.panicked.Store(&r)
+			v := r // only the panicking path allocates
+			p.panicked.Store(&v)
 			p.client.Close()
 			p.target.Close()
 		}
