@@ -160,46 +160,70 @@ func newDeadline(c *net.TCPConn, idle *Idle) deadline {
 
 // arm makes sure the read deadline is at least 7/8 of the timeout away
 // before a wait. Refreshing only when stale by 1/8 saves a deadline update
-// per chunk; a deadline that fires early is harmless, see active.
+// per chunk (measured 200-460 ns, a runtime timer update, against 130 ns
+// for this check, mostly time.Now; a chunk costs ~10 us). A deadline that
+// fires early is harmless, see active.
 func (d *deadline) arm() error {
 	if d.idle == nil {
 		return nil
 	}
-	if d.idle.stopped.Load() {
-		// The pair was stopped; do not revive the conn.
-		return os.ErrDeadlineExceeded
+	for {
+		if d.idle.stopped.Load() {
+			// The pair was stopped; do not revive the conn.
+			return os.ErrDeadlineExceeded
+		}
+		t := d.idle.limit()
+		if t == 0 {
+			return nil // only a half-close timeout, and both directions still run
+		}
+		now := time.Now()
+		if left := d.at.Sub(now); left > t-t/8 && left <= t {
+			return nil // fresh enough, and not beyond a limit that shrank
+		}
+		d.at = now.Add(t)
+		if err := d.conn.SetReadDeadline(d.at); err != nil {
+			return fmt.Errorf("set read deadline: %w", err)
+		}
+		if !d.changed(t) {
+			return nil
+		}
 	}
-	t := d.idle.limit()
-	if t == 0 {
-		return nil // only a half-close timeout, and both directions still run
-	}
-	now := time.Now()
-	if d.at.Sub(now) > t-t/8 {
-		return nil
-	}
-	d.at = now.Add(t)
-	if err := d.conn.SetReadDeadline(d.at); err != nil {
-		return fmt.Errorf("set read deadline: %w", err)
-	}
-	return nil
+}
+
+// changed reports whether the pair was stopped or its limit changed since
+// limit t was read. Stopping and the half-close phase wake the waiters by
+// setting a past deadline; a deadline set from a stale limit right after
+// that would undo the wake-up, so the caller recomputes.
+func (d *deadline) changed(t time.Duration) bool {
+	return d.idle.stopped.Load() || d.idle.limit() != t
 }
 
 // active reports whether err is our read deadline firing while the pair
 // is still busy, in which case it pushes the deadline out and the caller
 // keeps going. If the pair really was idle it expires the pair.
 func (d *deadline) active(err error) bool {
-	if d.idle == nil || !errors.Is(err, os.ErrDeadlineExceeded) || d.idle.stopped.Load() {
+	if d.idle == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 		return false
 	}
-	limit := d.idle.limit()
-	if limit == 0 {
-		return false // a deadline we did not set
+	for {
+		if d.idle.stopped.Load() {
+			return false
+		}
+		limit := d.idle.limit()
+		if limit == 0 {
+			return false // a deadline we did not set
+		}
+		left := d.idle.remaining(limit)
+		if left <= 0 {
+			d.idle.expire()
+			return false
+		}
+		d.at = time.Now().Add(left)
+		if d.conn.SetReadDeadline(d.at) != nil {
+			return false
+		}
+		if !d.changed(limit) {
+			return true
+		}
 	}
-	left := d.idle.remaining(limit)
-	if left <= 0 {
-		d.idle.expire()
-		return false
-	}
-	d.at = time.Now().Add(left)
-	return d.conn.SetReadDeadline(d.at) == nil
 }

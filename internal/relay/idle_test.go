@@ -130,3 +130,107 @@ func TestNewIdleNonPositive(t *testing.T) {
 		}
 	}
 }
+
+// TestHalfCloseTimeout: once one direction has ended with EOF, the other
+// may stay quiet only for the half-close timeout, however long the idle
+// timeout is.
+func TestHalfCloseTimeout(t *testing.T) {
+	ln := listen(t)
+	for _, tc := range []struct {
+		name   string
+		stream bool // the server keeps replying after the client's half-close
+	}{
+		{"silent", false},
+		{"streaming", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			idle := NewTimeouts(time.Hour, testIdle)
+			client, server, p := setup(t, ln, modeRelay, idle)
+			if _, err := client.Write([]byte("req")); err != nil {
+				t.Fatal(err)
+			}
+			if err := client.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadAll(server); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+
+			if !tc.stream {
+				waitClosed(t, client)
+				if d := time.Since(start); d < testIdle {
+					t.Errorf("half-closed pair closed after %v, before the %v timeout", d, testIdle)
+				}
+				<-p.done
+				if idle.TimedOut() {
+					t.Error("TimedOut() = true for a half-close timeout")
+				}
+				return
+			}
+
+			// Replies for 3x the half-close timeout must all arrive.
+			const msgs = 30
+			sent := make(chan error, 1)
+			go func() {
+				tick := time.NewTicker(3 * testIdle / msgs)
+				defer tick.Stop()
+				for range msgs {
+					if _, err := server.Write(make([]byte, 100)); err != nil {
+						sent <- err
+						return
+					}
+					<-tick.C
+				}
+				sent <- server.CloseWrite()
+			}()
+			n, err := io.Copy(io.Discard, struct{ io.Reader }{client})
+			if err != nil || n != msgs*100 {
+				t.Fatalf("client got %d bytes, %v; want %d", n, err, msgs*100)
+			}
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			<-p.done
+			for i, err := range p.errs {
+				if err != nil {
+					t.Errorf("relay direction %d: %v", i, err)
+				}
+			}
+		})
+	}
+}
+
+// TestStopOnFailure: with an Idle, a direction that fails stops the other
+// at once; the library's relay would keep it open until the other peer
+// hangs up too, which a silent server never does. Without an Idle nothing
+// is stopped (see TestReset).
+func TestStopOnFailure(t *testing.T) {
+	ln := listen(t)
+	idle := NewIdle(time.Hour)
+	client, _, p := setup(t, ln, modeRelay, idle)
+	if err := client.SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	client.Close() // sends RST
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the other direction was not stopped")
+	}
+	if !errors.Is(p.errs[0], syscall.ECONNRESET) {
+		t.Errorf("client->server error = %v, want ECONNRESET", p.errs[0])
+	}
+	if !errors.Is(p.errs[1], os.ErrDeadlineExceeded) {
+		t.Errorf("server->client error = %v, want it stopped by a deadline", p.errs[1])
+	}
+	if idle.TimedOut() {
+		t.Error("TimedOut() = true after a reset")
+	}
+}
+
+func TestNewTimeoutsNil(t *testing.T) {
+	if i := NewTimeouts(0, -1); i != nil {
+		t.Errorf("NewTimeouts(0, -1) = %v, want nil", i)
+	}
+}
