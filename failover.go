@@ -309,36 +309,62 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 	// The balancer puts a down target first only when every target is
 	// down; then each gets a try anyway rather than refusing the client.
 	force := !ft.targets[order[0]].health.Usable(now)
-	var errs *multierror.Error
-	attempts := 0
-	for pass := 0; pass < 2 && attempts == 0; pass++ {
-		for _, i := range order {
-			if ft.app.MaxAttempts > 0 && attempts >= ft.app.MaxAttempts {
-				break
+	var (
+		errs     *multierror.Error
+		attempts int
+		triedBuf [64]bool
+	)
+	tried := triedBuf[:0]
+	if n := len(ft.targets); n <= len(triedBuf) {
+		tried = triedBuf[:n]
+	} else {
+		tried = make([]bool, n)
+	}
+	try := func(i int) *net.TCPConn {
+		ts := ft.targets[i]
+		tried[i] = true
+		attempts++
+		ts.dials.Add(1)
+		addr := ft.app.Targets[i].Address
+		c, err := ft.dialer.DialContext(ft.ctx, "tcp", addr)
+		if err != nil {
+			now = time.Now()
+			ts.failures.Add(1)
+			if ft.app.MaxFails > 0 { // max_fails: 0 turns failure accounting off, as in nginx
+				ts.health.Failure(now, err)
 			}
-			ts := ft.targets[i]
-			if !ts.health.Acquire(now, force) {
-				continue // down, or another connection holds its one trial
-			}
-			attempts++
-			ts.dials.Add(1)
-			addr := ft.app.Targets[i].Address
-			c, err := ft.dialer.DialContext(ft.ctx, "tcp", addr)
-			if err != nil {
-				now = time.Now()
-				ts.failures.Add(1)
-				if ft.app.MaxFails > 0 { // max_fails: 0 turns failure accounting off, as in nginx
-					ts.health.Failure(now, err)
-				}
-				errs = multierror.Append(errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
-				continue
-			}
-			ts.health.Success()
-			return c.(*net.TCPConn), i, attempts, nil
+			errs = multierror.Append(errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
+			return nil
 		}
-		// Every target in the order was skipped (their single trials
-		// taken by other connections): try them all rather than refuse.
-		force = true
+		ts.health.Success()
+		return c.(*net.TCPConn)
+	}
+	limit := func() bool { return ft.app.MaxAttempts > 0 && attempts >= ft.app.MaxAttempts }
+	for _, i := range order {
+		if limit() {
+			break
+		}
+		if !ft.targets[i].health.Acquire(now, force) {
+			continue // down, or another connection holds its one trial
+		}
+		if c := try(i); c != nil {
+			return c, i, attempts, nil
+		}
+	}
+	// Every target the first pass tried failed: before refusing the
+	// client, try the others too, the ones marked down (which the order
+	// left out) included. A target marked down may be back, and a
+	// refused client is worse than a slow one. Drained targets stay out.
+	for i := range ft.targets {
+		if tried[i] || ft.app.Targets[i].Weight == 0 {
+			continue
+		}
+		if limit() {
+			break
+		}
+		if c := try(i); c != nil {
+			return c, i, attempts, nil
+		}
 	}
 	errs.ErrorFormat = joinErrors
 	return nil, -1, attempts, errs

@@ -436,3 +436,26 @@ func TestMaxAttempts(t *testing.T) {
 		t.Fatalf("log lacks the two attempts:\n%s", logs)
 	}
 }
+
+// TestDownTargetTriedBeforeRefusing: when every target the health state
+// allows fails, the targets marked down are tried too before the client
+// is refused (a target marked down may be back already).
+func TestDownTargetTriedBeforeRefusing(t *testing.T) {
+	live := startBackend(t, namedHandler("live"))
+	dead := deadAddr(t)
+	port := freePort(t)
+	srv, _ := startProxy(t, "apps:\n"+appYAML("lastresort", []int{port}, []string{dead, live.addr}, "balance: round_robin\nfail_timeout: 1h"))
+	// Mark the live target down, as if it had failed a moment ago.
+	srv.appAt(0).targets[1].health.Failure(time.Now(), errors.New("injected by the test"))
+	if srv.appAt(0).targets[1].health.Up() {
+		t.Fatal("could not mark the target down")
+	}
+	// The dead target is tried first (it is up) and refuses; the live
+	// one, marked down, still gets the client.
+	if got := readLine(t, dialProxy(t, port)); got != "live" {
+		t.Fatalf("got %q, want the down-marked live target as a last resort", got)
+	}
+	if !srv.appAt(0).targets[1].health.Up() {
+		t.Error("a successful last-resort dial did not mark the target up")
+	}
+}

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// proxyConfig is the part of the proxy's YAML config the soak varies.
+type proxyConfig struct {
+	admin           string
+	ports           []int
+	targets         []string
+	dialTimeout     time.Duration
+	failTimeout     time.Duration
+	shutdownTimeout time.Duration
+}
+
+func (c proxyConfig) yaml() []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# written by the soak test\nadmin: %s\nshutdown_timeout: %s\napps:\n", c.admin, c.shutdownTimeout)
+	fmt.Fprintf(&b, "  - name: soak\n    listen: 127.0.0.1\n    ports: [")
+	for i, p := range c.ports {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(strconv.Itoa(p))
+	}
+	fmt.Fprintf(&b, "]\n    dial_timeout: %s\n    fail_timeout: %s\n    targets:\n", c.dialTimeout, c.failTimeout)
+	for _, t := range c.targets {
+		fmt.Fprintf(&b, "      - %q\n", t)
+	}
+	return b.Bytes()
+}
+
+// proxyProc is the proxy under test, run as a child process with its
+// log in a file.
+type proxyProc struct {
+	cfgPath, logPath string
+	admin            string        // admin address; a reload does not change it
+	shutdownTimeout  time.Duration // from the first config
+	cmd              *exec.Cmd
+	exited           chan struct{} // closed when the process has exited
+	waitErr          error         // set before exited closes
+	http             *http.Client
+}
+
+// startProxy writes cfg into dir, starts bin on it and waits until it is
+// ready (/readyz answers 200).
+func startProxy(bin, dir string, cfg proxyConfig) (*proxyProc, error) {
+	p := &proxyProc{
+		cfgPath:         filepath.Join(dir, "tcpproxy.yaml"),
+		logPath:         filepath.Join(dir, "tcpproxy.log"),
+		admin:           cfg.admin,
+		shutdownTimeout: cfg.shutdownTimeout,
+		exited:          make(chan struct{}),
+		// No keep-alive: an idle scrape connection would hold a goroutine
+		// and a descriptor in the proxy and blur the leak check.
+		http: &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil}},
+	}
+	if err := p.writeConfig(cfg); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(p.logPath)
+	if err != nil {
+		return nil, fmt.Errorf("proxy log: %w", err)
+	}
+	defer logf.Close() // the child has its own descriptor
+	p.cmd = exec.Command(bin, "-c", p.cfgPath)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start the proxy %s: %w", bin, err)
+	}
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.exited)
+	}()
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		select {
+		case <-p.exited:
+			return nil, fmt.Errorf("the proxy exited at start (%v); its log:\n%s", p.waitErr, p.logTail(50))
+		default:
+		}
+		if code, _, err := p.get("/readyz"); err == nil && code == http.StatusOK {
+			return p, nil
+		}
+		if time.Now().After(deadline) {
+			p.kill()
+			return nil, fmt.Errorf("the proxy was not ready within 15s; its log:\n%s", p.logTail(50))
+		}
+	}
+}
+
+// writeConfig replaces the config file atomically, so a reload never
+// reads half of it.
+func (p *proxyProc) writeConfig(cfg proxyConfig) error {
+	tmp := p.cfgPath + ".tmp"
+	if err := os.WriteFile(tmp, cfg.yaml(), 0o644); err != nil {
+		return fmt.Errorf("write proxy config: %w", err)
+	}
+	if err := os.Rename(tmp, p.cfgPath); err != nil {
+		return fmt.Errorf("write proxy config: %w", err)
+	}
+	return nil
+}
+
+func (p *proxyProc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proxyProc) get(path string) (int, []byte, error) {
+	resp, err := p.http.Get("http://" + p.admin + path)
+	if err != nil {
+		return 0, nil, fmt.Errorf("admin %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, nil, fmt.Errorf("admin %s: %w", path, err)
+	}
+	return resp.StatusCode, body, nil
+}
+
+// metrics scrapes /metrics into series name (with labels, as printed)
+// to value.
+func (p *proxyProc) metrics() (map[string]float64, error) {
+	code, body, err := p.get("/metrics")
+	if err != nil {
+		return nil, err
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("admin /metrics: status %d", code)
+	}
+	return parseMetrics(body), nil
+}
+
+// parseMetrics reads the Prometheus text format, enough for the series
+// the soak reads: `name{labels} value` lines, comments skipped.
+func parseMetrics(text []byte) map[string]float64 {
+	m := map[string]float64{}
+	sc := bufio.NewScanner(bytes.NewReader(text))
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m
+}
+
+const reloadsOK = `tcpproxy_config_reloads_total{result="success"}`
+
+// reload writes cfg and signals SIGHUP, then waits until the proxy's
+// count of successful reloads moves, and returns when it saw that.
+func (p *proxyProc) reload(cfg proxyConfig, sent func(time.Time)) (time.Time, error) {
+	m, err := p.metrics()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("reload: %w", err)
+	}
+	before := m[reloadsOK]
+	if err := p.writeConfig(cfg); err != nil {
+		return time.Time{}, err
+	}
+	sent(time.Now())
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		return time.Time{}, fmt.Errorf("reload: SIGHUP: %w", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		m, err := p.metrics()
+		if err == nil && m[reloadsOK] > before {
+			return time.Now(), nil
+		}
+	}
+	return time.Time{}, errors.New("reload: the proxy's successful reload count did not move within 5s")
+}
+
+// stop sends SIGTERM and waits up to timeout for the exit. It returns
+// the exit code, or an error if the proxy had to be killed.
+func (p *proxyProc) stop(timeout time.Duration) (int, error) {
+	select {
+	case <-p.exited:
+		return p.exitCode(), errors.New("the proxy had already exited")
+	default:
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return -1, fmt.Errorf("SIGTERM: %w", err)
+	}
+	select {
+	case <-p.exited:
+		return p.exitCode(), nil
+	case <-time.After(timeout):
+		p.kill()
+		return -1, fmt.Errorf("the proxy did not exit within %v of SIGTERM; killed", timeout)
+	}
+}
+
+func (p *proxyProc) exitCode() int {
+	var ee *exec.ExitError
+	if errors.As(p.waitErr, &ee) {
+		return ee.ExitCode()
+	}
+	if p.waitErr != nil {
+		return -1
+	}
+	return 0
+}
+
+// kill ends the process at once, for error paths.
+func (p *proxyProc) kill() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	p.cmd.Process.Kill()
+	<-p.exited
+}
+
+// running reports whether the process is alive.
+func (p *proxyProc) running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// logTail returns the last n lines of the proxy's log.
+func (p *proxyProc) logTail(n int) string {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", p.logPath, err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = append([]string{fmt.Sprintf("... (%d earlier lines in %s)", len(lines)-n, p.logPath)}, lines[len(lines)-n:]...)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// logCounts counts the log's lines by level and notes panics.
+func (p *proxyProc) logCounts() (errs, warns int, panics []string) {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return 0, 0, nil
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		switch {
+		case strings.Contains(line, "level=ERROR"):
+			errs++
+		case strings.Contains(line, "level=WARN"):
+			warns++
+		}
+		if strings.Contains(line, "panic") || strings.HasPrefix(line, "fatal error") {
+			panics = append(panics, line)
+		}
+	}
+	return errs, warns, panics
+}
