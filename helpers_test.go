@@ -221,6 +221,35 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// waitListening waits until a proxy started as a subprocess accepts on
+// a loopback port.
+func waitListening(t testing.TB, port int) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "the proxy to listen", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// startCmd starts cmd with its output captured, and kills it when the
+// test ends.
+func startCmd(t testing.TB, cmd *exec.Cmd) *syncBuffer {
+	t.Helper()
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return &out
+}
+
 // isRefused reports whether err is a refused connection.
 func isRefused(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED)

@@ -233,16 +233,7 @@ func ulimitBinary(t *testing.T, nofile int, args ...string) (*exec.Cmd, *syncBuf
 	t.Helper()
 	script := fmt.Sprintf("ulimit -n %d && exec \"$0\" \"$@\"", nofile)
 	cmd := exec.Command("bash", append([]string{"-c", script, buildBinary(t)}, args...)...)
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return cmd, &out
+	return cmd, startCmd(t, cmd)
 }
 
 // TestBinaryOutOfDescriptors runs the proxy with a low open-files
@@ -254,13 +245,7 @@ func TestBinaryOutOfDescriptors(t *testing.T) {
 	port := freePort(t)
 	path := writeConfig(t, "apps:\n"+appYAML("tight", []int{port}, []string{be.addr}, ""))
 	_, out := ulimitBinary(t, 100, "-c", path)
-	waitFor(t, 10*time.Second, "the proxy to listen", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, port)
 	// 100 descriptors: about 45 relayed connections fill them.
 	var idle []net.Conn
 	for i := 0; i < 80; i++ {
@@ -305,13 +290,7 @@ func TestBinaryIdleClientsDoNotStarveNewOnes(t *testing.T) {
 	const maxConns = 200
 	path := writeConfig(t, "apps:\n"+appYAML("crowded", []int{port}, []string{be.addr}, fmt.Sprintf("max_connections: %d", maxConns)))
 	cmd, out := ulimitBinary(t, 2*maxConns+80, "-c", path)
-	waitFor(t, 10*time.Second, "the proxy to listen", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, port)
 	var idle []net.Conn
 	for i := 0; i < maxConns-1; i++ {
 		c := dialProxy(t, port)

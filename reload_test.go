@@ -206,13 +206,7 @@ func TestReloadNewPortInUseChangesNothing(t *testing.T) {
 func startBinary(t *testing.T, port int, args ...string) (*os.Process, *syncBuffer) {
 	t.Helper()
 	cmd, out := runBinary(t, args...)
-	waitFor(t, 10*time.Second, "the proxy to listen", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, port)
 	return cmd.Process, out
 }
 

@@ -310,16 +310,7 @@ func TestProxyNoLeaks(t *testing.T) {
 func runBinary(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer) {
 	t.Helper()
 	cmd := exec.Command(buildBinary(t), args...)
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	return cmd, &out
+	return cmd, startCmd(t, cmd)
 }
 
 // TestBinaryGracefulShutdown runs the built binary: a transfer in flight
@@ -330,13 +321,7 @@ func TestBinaryGracefulShutdown(t *testing.T) {
 	port := freePort(t)
 	path := writeConfig(t, "shutdown_timeout: 30s\napps:\n"+appYAML("drain", []int{port}, []string{be.addr}, ""))
 	cmd, out := runBinary(t, "-c", path)
-	waitFor(t, 10*time.Second, "the proxy to listen", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, port)
 
 	c := dialProxy(t, port)
 	first := bytes.Repeat([]byte("a"), 1<<20)
@@ -491,13 +476,7 @@ func TestBinarySpliceAndIdleDescriptors(t *testing.T) {
 		appYAML("idle", []int{idlePort}, []string{echo.addr}, ""))
 	cmd, out := runBinary(t, "-c", path)
 	pid := cmd.Process.Pid
-	waitFor(t, 10*time.Second, "the proxy to listen", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", idlePort))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, idlePort)
 
 	t.Run("bulk transfer splices", func(t *testing.T) {
 		c := dialProxy(t, bulkPort)
