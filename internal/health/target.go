@@ -88,15 +88,22 @@ func (t *Target) Usable(now time.Time) bool {
 	case statusUp:
 		return true
 	case statusDownPassive:
-		n := now.UnixNano()
-		if n < t.retryAt.Load() {
-			return false
-		}
-		until := t.trialUntil.Load()
-		return until == 0 || n >= until
+		_, ok := t.trialOpen(now.UnixNano())
+		return ok
 	default:
 		return false
 	}
+}
+
+// trialOpen reports whether a passively downed target may be given its
+// trial at n (unix nanos): its fail timeout has passed and no trial is in
+// flight. It returns the trial deadline it read, for Acquire's CAS.
+func (t *Target) trialOpen(n int64) (until int64, ok bool) {
+	if n < t.retryAt.Load() {
+		return 0, false
+	}
+	until = t.trialUntil.Load()
+	return until, until == 0 || n >= until
 }
 
 // Acquire is called right before dialing t and reports whether the dial may
@@ -117,14 +124,8 @@ func (t *Target) Acquire(now time.Time, force bool) bool {
 		return true
 	case statusDownPassive:
 		n := now.UnixNano()
-		if n < t.retryAt.Load() {
-			return false
-		}
-		until := t.trialUntil.Load()
-		if until != 0 && n < until {
-			return false
-		}
-		return t.trialUntil.CompareAndSwap(until, n+t.failTimeout.Load())
+		until, ok := t.trialOpen(n)
+		return ok && t.trialUntil.CompareAndSwap(until, n+t.failTimeout.Load())
 	default:
 		return false
 	}
