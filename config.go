@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/michaeldbianchi/tcpproxy/internal/balance"
+	"github.com/michaeldbianchi/tcpproxy/internal/names"
 )
 
 // Defaults for keys an operator leaves out. They follow nginx's stream
@@ -31,7 +32,9 @@ const (
 	defaultCheckRise       = 2
 	defaultCheckFall       = 3
 	defaultHalfClose       = time.Minute
-	maxWeight              = 1000
+	// defaultPrereadTimeout is nginx's preread_timeout default.
+	defaultPrereadTimeout = 5 * time.Second
+	maxWeight             = 1000
 )
 
 // config is a loaded and validated configuration file.
@@ -67,7 +70,17 @@ type appConfig struct {
 	// HalfCloseTimeout bounds the phase after one side has finished: the
 	// other direction is closed once it moves no data for this long.
 	HalfCloseTimeout time.Duration
+	// SNI and HTTPHost are the names (normalized by names.Parse) that
+	// route a connection on a shared listen address to this app. An app
+	// with neither is its addresses' default.
+	SNI, HTTPHost []string
+	// PrereadTimeout bounds how long a client of a name-routed address
+	// may take to send what it is routed by (default 5s).
+	PrereadTimeout time.Duration
 }
+
+// named reports whether the app is routed by name on its addresses.
+func (a *appConfig) named() bool { return len(a.SNI)+len(a.HTTPHost) > 0 }
 
 // targetConfig is one target of an app.
 type targetConfig struct {
@@ -130,6 +143,9 @@ type appOptions struct {
 	KeepAlive      *string          `yaml:"keepalive"`
 	IdleTimeout    *string          `yaml:"idle_timeout"`
 	HalfClose      *string          `yaml:"half_close_timeout"`
+	SNI            *[]string        `yaml:"sni"`
+	HTTPHost       *[]string        `yaml:"http_host"`
+	PrereadTimeout *string          `yaml:"preread_timeout"`
 }
 
 type healthCheckFile struct {
@@ -235,7 +251,7 @@ func parseConfig(path string, data []byte) (*config, error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("%s: invalid YAML: %s", path, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
-	v := &validator{path: path, root: &root, typeErrLines: map[int]bool{}}
+	v := &validator{path: path, root: &root, typeErrLines: map[int]bool{}, nameNodes: map[*appConfig]map[string]*yaml.Node{}, appNodes: map[*appConfig]*yaml.Node{}}
 
 	var f fileConfig
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -264,6 +280,11 @@ type validator struct {
 	root         *yaml.Node
 	errs         *multierror.Error
 	typeErrLines map[int]bool // lines already reported by the decoder
+	// nameNodes holds, per app, the node of each of its sni and
+	// http_host names (keyed "sni NAME", "http_host NAME"); appNodes the
+	// node of each app's name, to blame for what concerns the whole app.
+	nameNodes map[*appConfig]map[string]*yaml.Node
+	appNodes  map[*appConfig]*yaml.Node
 }
 
 var (
@@ -380,6 +401,7 @@ func (v *validator) validate(f *fileConfig) *config {
 	names := map[string]int{} // app name -> line of first use
 	type boundPort struct {
 		app, host string
+		named     bool
 		line      int
 	}
 	ports := map[int][]boundPort{}
@@ -400,6 +422,7 @@ func (v *validator) validate(f *fileConfig) *config {
 
 		app := v.appOptions(&af.appOptions, &f.Defaults, label, at)
 		app.Name = af.Name
+		v.appNodes[app] = at("name")
 
 		if len(af.Ports) == 0 {
 			v.errorf(at("ports"), "%s: no ports", label)
@@ -411,7 +434,8 @@ func (v *validator) validate(f *fileConfig) *config {
 				continue
 			}
 			for _, other := range ports[p] {
-				if listenConflict(app.Listen, other.host) {
+				shared := other.app != label && other.host == app.Listen && (other.named || app.named())
+				if listenConflict(app.Listen, other.host) && !shared {
 					where := "within the app"
 					if other.app != label {
 						where = "also used by " + other.app
@@ -420,7 +444,7 @@ func (v *validator) validate(f *fileConfig) *config {
 					break
 				}
 			}
-			ports[p] = append(ports[p], boundPort{app: label, host: app.Listen, line: pn.Line})
+			ports[p] = append(ports[p], boundPort{app: label, host: app.Listen, named: app.named(), line: pn.Line})
 			app.Ports = append(app.Ports, p)
 		}
 
@@ -451,14 +475,43 @@ func (v *validator) validate(f *fileConfig) *config {
 		}
 		cfg.Apps = append(cfg.Apps, app)
 	}
+	v.sharedAddresses(cfg.Apps)
 	return cfg
+}
+
+// sharedAddresses checks the apps that share a listen address by name:
+// no name twice on one address, and one accept_proxy_protocol setting
+// (the header is read before the name that picks the app).
+func (v *validator) sharedAddresses(apps []*appConfig) {
+	type claim struct {
+		app  *appConfig
+		line int
+	}
+	seen := map[string]claim{}          // "addr key" -> first claim
+	firstApp := map[string]*appConfig{} // addr -> first app on it
+	for _, app := range apps {
+		for _, addr := range app.listenAddrs() {
+			if first := firstApp[addr]; first == nil {
+				firstApp[addr] = app
+			} else if first.AcceptProxyProtocol != app.AcceptProxyProtocol {
+				v.errorf(v.appNodes[app], "app %q: accept_proxy_protocol differs from app %q on the shared listen address %s", app.Name, first.Name, addr)
+			}
+			for key, n := range v.nameNodes[app] {
+				if first, dup := seen[addr+" "+key]; !dup {
+					seen[addr+" "+key] = claim{app, n.Line}
+				} else if first.app != app {
+					v.errorf(n, "app %q: %s is already routed to app %q on %s (line %d)", app.Name, key, first.app.Name, addr, first.line)
+				}
+			}
+		}
+	}
 }
 
 // appOptions resolves the per-app options of one app: its own value if
 // set, else the defaults: block's, else the built-in default.
 func (v *validator) appOptions(own, def *appOptions, label string, at func(...any) *yaml.Node) *appConfig {
 	// pick returns which block sets a key and the node to blame.
-	pick := func(key string, set func(*appOptions) bool) (*appOptions, *yaml.Node, bool) {
+	var pick optionPicker = func(key string, set func(*appOptions) bool) (*appOptions, *yaml.Node, bool) {
 		if set(own) {
 			return own, at(key), true
 		}
@@ -469,6 +522,7 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 	}
 	app := &appConfig{
 		HalfCloseTimeout: defaultHalfClose,
+		PrereadTimeout:   defaultPrereadTimeout,
 		DialTimeout:      defaultDialTimeout,
 		Balance:          balance.Random,
 		MaxFails:         defaultMaxFails,
@@ -540,7 +594,58 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 	if o, n, ok := pick("half_close_timeout", func(o *appOptions) bool { return o.HalfClose != nil }); ok {
 		app.HalfCloseTimeout = v.durationAt(n, *o.HalfClose, label+": half_close_timeout", true)
 	}
+	v.routeNames(app, pick, label)
 	return app
+}
+
+// optionPicker says which block sets a per-app key, and the node to
+// blame for its value.
+type optionPicker func(key string, set func(*appOptions) bool) (*appOptions, *yaml.Node, bool)
+
+// routeNames resolves the keys that route by name: sni, http_host and
+// preread_timeout.
+func (v *validator) routeNames(app *appConfig, pick optionPicker, label string) {
+	if o, n, ok := pick("sni", func(o *appOptions) bool { return o.SNI != nil }); ok {
+		app.SNI = v.serverNames(app, "sni", *o.SNI, n, label)
+	}
+	if o, n, ok := pick("http_host", func(o *appOptions) bool { return o.HTTPHost != nil }); ok {
+		app.HTTPHost = v.serverNames(app, "http_host", *o.HTTPHost, n, label)
+	}
+	if o, n, ok := pick("preread_timeout", func(o *appOptions) bool { return o.PrereadTimeout != nil }); ok {
+		app.PrereadTimeout = v.durationAt(n, *o.PrereadTimeout, label+": preread_timeout", true)
+	}
+}
+
+// serverNames validates the app's list of sni or http_host names (key
+// says which) and records each name's node.
+func (v *validator) serverNames(app *appConfig, key string, list []string, n *yaml.Node, label string) []string {
+	out := make([]string, 0, len(list))
+	if v.nameNodes[app] == nil {
+		v.nameNodes[app] = map[string]*yaml.Node{}
+	}
+	for i, s := range list {
+		name, err := names.Parse(s)
+		if err != nil {
+			v.errorf(seqItem(n, i), "%s: %s %q: %v", label, key, s, err)
+			continue
+		}
+		k := key + " " + name
+		if first, dup := v.nameNodes[app][k]; dup {
+			v.errorf(seqItem(n, i), "%s: %s %q listed twice (first at line %d)", label, key, s, first.Line)
+			continue
+		}
+		v.nameNodes[app][k] = seqItem(n, i)
+		out = append(out, name)
+	}
+	return out
+}
+
+// seqItem returns item i of sequence n, or n itself.
+func seqItem(n *yaml.Node, i int) *yaml.Node {
+	if n != nil && n.Kind == yaml.SequenceNode && i < len(n.Content) {
+		return n.Content[i]
+	}
+	return n
 }
 
 func (v *validator) healthCheck(f *healthCheckFile, n *yaml.Node, label string) *healthCheckConfig {
@@ -581,10 +686,7 @@ func keyNode(n *yaml.Node, key string) *yaml.Node {
 func (v *validator) prefixes(list []string, n *yaml.Node, label string) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(list))
 	for i, s := range list {
-		en := n
-		if n != nil && n.Kind == yaml.SequenceNode && i < len(n.Content) {
-			en = n.Content[i]
-		}
+		en := seqItem(n, i)
 		p, err := parsePrefix(s)
 		if err != nil {
 			v.errorf(en, "%s: %q is not an IP address or CIDR", label, s)
@@ -699,12 +801,19 @@ func checkAdminAddr(addr string, public bool) error {
 	return nil
 }
 
-// summary is the one-line result of -check.
+// summary is the one-line result of -check. Listeners are distinct
+// listen addresses; routes are what the library matches on them: one
+// per name and one per default app, on each address.
 func (c *config) summary() string {
-	listeners, targets := 0, 0
+	addrs := map[string]bool{}
+	targets, routes := 0, 0
 	for _, a := range c.Apps {
-		listeners += len(a.Ports)
+		for _, addr := range a.listenAddrs() {
+			addrs[addr] = true
+		}
 		targets += len(a.Targets)
+		perAddr := max(len(a.SNI)+len(a.HTTPHost), 1)
+		routes += perAddr * len(a.Ports)
 	}
-	return fmt.Sprintf("config OK: %d apps, %d listeners, %d targets", len(c.Apps), listeners, targets)
+	return fmt.Sprintf("config OK: %d apps, %d listeners, %d targets, %d routes", len(c.Apps), len(addrs), targets, routes)
 }

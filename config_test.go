@@ -48,7 +48,7 @@ func TestLoadConfigSeedFormat(t *testing.T) {
 	if got := a.listenAddrs(); got[0] != ":5001" || got[1] != ":5200" {
 		t.Errorf("listenAddrs = %v", got)
 	}
-	if got, want := cfg.summary(), "config OK: 1 apps, 2 listeners, 2 targets"; got != want {
+	if got, want := cfg.summary(), "config OK: 1 apps, 2 listeners, 2 targets, 2 routes"; got != want {
 		t.Errorf("summary = %q, want %q", got, want)
 	}
 }

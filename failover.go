@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,13 +18,8 @@ import (
 	"github.com/michaeldbianchi/tcpproxy/internal/balance"
 	"github.com/michaeldbianchi/tcpproxy/internal/health"
 	"github.com/michaeldbianchi/tcpproxy/internal/proxyproto"
-	"github.com/michaeldbianchi/tcpproxy/internal/relay"
 	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
-
-// proxyHeaderTimeout bounds how long a client of an app with
-// accept_proxy_protocol may take to send its PROXY header.
-const proxyHeaderTimeout = 5 * time.Second
 
 // failoverTarget is the tcpproxy.Target of one app. For each connection
 // it asks the app's balancer for an order of targets, dials them one by
@@ -35,6 +29,8 @@ const proxyHeaderTimeout = 5 * time.Second
 //
 // A failoverTarget is immutable once built; a config reload builds a new
 // one that shares the old one's counters and target health.
+var _ tcpproxy.Target = (*failoverTarget)(nil)
+
 type failoverTarget struct {
 	app     *appConfig
 	ctx     context.Context // cancelled when the proxy stops for good: aborts dials
@@ -133,99 +129,40 @@ func (ft *failoverTarget) Usable(i int) bool { return ft.targets[i].health.Usabl
 // Active implements balance.State.
 func (ft *failoverTarget) Active(i int) int64 { return ft.targets[i].active.Load() }
 
-// connInfo is what the access log says about one connection.
-type connInfo struct {
-	client   netip.AddrPort
-	target   string
-	attempts int
-	result   string
-	toTarget int64
-	toClient int64
-}
-
-// session is one client connection from accept to close. Its end runs
-// exactly once: on the accepting goroutine when the connection never
-// reaches a relay, else on the relay's last goroutine.
-type session struct {
-	ft     *failoverTarget
-	client *net.TCPConn
-	start  time.Time
-	info   connInfo
-	active bool              // holds one of the app's active slots
-	entry  *connEntry        // tracked for shutdown
-	ts     *targetState      // the target relayed to
-	hdr    proxyproto.Header // inbound PROXY header, if the app takes one
-}
-
-// HandleConn implements tcpproxy.Target.
+// HandleConn implements tcpproxy.Target: admit, dial, then relay on a
+// goroutine of the session's own (see session.relay).
 func (ft *failoverTarget) HandleConn(c net.Conn) {
 	ft.stats.accepted.Add(1)
-	client, ok := tcpproxy.UnderlyingConn(c).(*net.TCPConn)
-	if !ok {
-		// AddRoute never peeks, so the library hands us the accepted
-		// *net.TCPConn; anything else is a programming error.
-		ft.log.Error("unexpected connection type", "type", fmt.Sprintf("%T", c))
+	s, err := newSession(ft, c)
+	if err != nil {
+		ft.log.Error("cannot relay connection", "err", err) // a bug: the routes hand over only our conns
 		c.Close()
 		return
 	}
-	s := &session{ft: ft, client: client, start: time.Now(), info: connInfo{client: addrPort(client.RemoteAddr())}}
-	relayed := false
 	defer func() {
-		if r := recover(); r != nil && !relayed {
+		if r := recover(); r != nil {
 			// One connection's bug must not take the process, and every
 			// other connection, down with it.
 			ft.log.Error("panic in connection handler", "client", s.info.client.String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			client.Close()
+			s.client.Close()
 			s.end("panic")
 		}
 	}()
 	if result := s.admit(); result != "" {
-		client.Close()
+		s.client.Close()
 		s.end(result)
 		return
 	}
 	target, result := s.connect()
 	if result != "" {
-		client.Close()
+		s.client.Close()
 		s.end(result)
 		return
 	}
-	relayed = true
-	relay.Start(client, target, relay.Options{
-		KeepAlive:        ft.app.KeepAlive,
-		IdleTimeout:      ft.app.IdleTimeout,
-		HalfCloseTimeout: ft.app.HalfCloseTimeout,
-	}, s.relayed)
-}
-
-// admit reads the PROXY header if the app takes one, applies allow/deny
-// and max_connections, and returns why the client is turned away, or "".
-func (s *session) admit() string {
-	ft, st := s.ft, s.ft.stats
-	if ft.app.AcceptProxyProtocol {
-		h, err := proxyproto.Read(s.client, s.start.Add(proxyHeaderTimeout))
-		if err != nil {
-			ft.log.Error("bad PROXY protocol header", "client", s.info.client.String(), "err", err)
-			return "bad proxy header"
-		}
-		s.hdr = h
-		if h.Source.IsValid() {
-			s.info.client = h.Source
-		}
+	if s.accepted != nil && !s.accepted.deadline.IsZero() {
+		s.client.SetReadDeadline(time.Time{}) // the preread deadline: routed now
 	}
-	if !ft.allowed(s.info.client.Addr().Unmap()) {
-		st.rejectedDenied.Add(1)
-		return "rejected: denied"
-	}
-	if n := st.active.Add(1); ft.app.MaxConnections > 0 && n > int64(ft.app.MaxConnections) {
-		st.active.Add(-1)
-		st.rejectedLimit.Add(1)
-		ft.logLimit()
-		return "rejected: limit"
-	}
-	s.active = true
-	s.entry = ft.conns.add(s.client)
-	return ""
+	go s.relay(target)
 }
 
 // connect dials a target and sends it the PROXY header if configured. It
@@ -261,39 +198,6 @@ func (s *session) connect() (*net.TCPConn, string) {
 		}
 	}
 	return target, ""
-}
-
-// relayed is the relay's report that both directions are done.
-func (s *session) relayed(r relay.Result) {
-	st := s.ft.stats
-	s.info.toTarget, s.info.toClient = r.ToTarget, r.ToClient
-	st.bytesToTarget.Add(r.ToTarget)
-	st.bytesToClient.Add(r.ToClient)
-	st.duration.Observe(time.Since(s.start))
-	if r.IdleTimedOut {
-		st.idleTimeouts.Add(1)
-	}
-	result := "ok"
-	if r.Panic != nil {
-		s.ft.log.Error("panic in relay", "client", s.info.client.String(), "panic", fmt.Sprint(r.Panic))
-		result = "panic"
-	}
-	s.end(result)
-}
-
-// end releases what the connection held and writes its access-log line.
-func (s *session) end(result string) {
-	if s.ts != nil {
-		s.ts.active.Add(-1)
-	}
-	if s.entry != nil {
-		s.ft.conns.remove(s.entry)
-	}
-	if s.active {
-		s.ft.stats.active.Add(-1)
-	}
-	s.info.result = result
-	s.ft.accessLog(s.client, s.start, &s.info)
 }
 
 // dial tries the app's targets in the balancer's order until one
@@ -370,29 +274,6 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 	return nil, -1, attempts, errs
 }
 
-// accessLog writes the connection's access-log line: at Info with
-// access_log on, at Debug otherwise, and not even formatted when the
-// level is off.
-func (ft *failoverTarget) accessLog(client *net.TCPConn, start time.Time, info *connInfo) {
-	level := slog.LevelDebug
-	if ft.app.AccessLog {
-		level = slog.LevelInfo
-	}
-	if !ft.log.Enabled(context.Background(), level) {
-		return
-	}
-	ft.log.LogAttrs(context.Background(), level, "connection",
-		slog.Int("port", int(addrPort(client.LocalAddr()).Port())),
-		slog.String("client", info.client.String()),
-		slog.String("target", info.target),
-		slog.Int("attempts", info.attempts),
-		slog.Duration("duration", time.Since(start)),
-		slog.Int64("bytes_to_target", info.toTarget),
-		slog.Int64("bytes_to_client", info.toClient),
-		slog.String("result", info.result),
-	)
-}
-
 // snapshot returns the app's state for metrics and the status page.
 func (ft *failoverTarget) snapshot() stats.App {
 	st := ft.stats
@@ -401,6 +282,8 @@ func (ft *failoverTarget) snapshot() stats.App {
 		Listen:         ft.app.Listen,
 		Ports:          ft.app.Ports,
 		Balance:        ft.app.Balance,
+		SNI:            append([]string{}, ft.app.SNI...),
+		HTTPHost:       append([]string{}, ft.app.HTTPHost...),
 		Active:         st.active.Load(),
 		Total:          st.accepted.Load(),
 		RejectedLimit:  st.rejectedLimit.Load(),
@@ -487,81 +370,4 @@ func joinErrors(es []error) string {
 		parts[i] = e.Error()
 	}
 	return strings.Join(parts, "; ")
-}
-
-// connSet tracks the open connections so that shutdown can wait for
-// them and, when the grace period ends, close what is left.
-type connSet struct {
-	mu      sync.Mutex
-	entries map[*connEntry]struct{}
-	empty   chan struct{} // closed when the set becomes empty while draining
-}
-
-// connEntry is one client connection and, once dialed, its target.
-type connEntry struct {
-	client, target net.Conn
-}
-
-func newConnSet() *connSet {
-	return &connSet{entries: make(map[*connEntry]struct{})}
-}
-
-func (s *connSet) add(client net.Conn) *connEntry {
-	e := &connEntry{client: client}
-	s.mu.Lock()
-	s.entries[e] = struct{}{}
-	s.mu.Unlock()
-	return e
-}
-
-func (s *connSet) setTarget(e *connEntry, target net.Conn) {
-	s.mu.Lock()
-	e.target = target
-	s.mu.Unlock()
-}
-
-func (s *connSet) remove(e *connEntry) {
-	s.mu.Lock()
-	delete(s.entries, e)
-	if len(s.entries) == 0 && s.empty != nil {
-		close(s.empty)
-		s.empty = nil
-	}
-	s.mu.Unlock()
-}
-
-// len returns the number of open connections.
-func (s *connSet) len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.entries)
-}
-
-// drained returns a channel closed once no connection is open.
-func (s *connSet) drained() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.entries) == 0 {
-		ch := make(chan struct{})
-		close(ch)
-		return ch
-	}
-	if s.empty == nil {
-		s.empty = make(chan struct{})
-	}
-	return s.empty
-}
-
-// closeAll closes every open connection, both sides, and returns how
-// many there were.
-func (s *connSet) closeAll() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for e := range s.entries {
-		e.client.Close()
-		if e.target != nil {
-			e.target.Close()
-		}
-	}
-	return len(s.entries)
 }

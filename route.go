@@ -2,347 +2,272 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"reflect"
-	"slices"
-	"sort"
-	"strings"
-	"sync"
+	"os"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/inetaf/tcpproxy"
 
-	"github.com/michaeldbianchi/tcpproxy/internal/health"
-	"github.com/michaeldbianchi/tcpproxy/internal/stats"
+	"github.com/michaeldbianchi/tcpproxy/internal/names"
 )
 
-// proxyServer is the running proxy. Every listen address of every app
-// gets its own tcpproxy.Proxy with a single AddRoute, whose Target is a
-// portRoute pointing at the app's current failoverTarget.
+// routeTable is how one listen address routes a connection: to the app
+// of its TLS server name, else of its HTTP Host, else to the default
+// app (the one app on the address with no names), else nowhere.
 //
-// Why a proxy per listener: a tcpproxy.Proxy takes no routes after Start
-// and its Close closes every listener it opened. With one Proxy per
-// address, a reload opens a new port by starting a new Proxy, closes a
-// removed port by closing only that Proxy (connections already accepted
-// run on: the library's Close only closes listeners), and re-points a
-// port that stays, or moves to another app, by swapping the portRoute's
-// target atomically, so that port never stops accepting.
-type proxyServer struct {
-	log    *slog.Logger
-	ctx    context.Context // cancelled when the server stops for good
-	cancel context.CancelFunc
-	conns  *connSet
-	listen func(network, addr string) (net.Listener, error)
-
-	mu      sync.Mutex // serializes apply and shutdown
-	cfg     *config
-	routes  map[string]*portRoute      // by listen address
-	apps    map[string]*failoverTarget // current generation, by app name
-	checks  map[string]*checker        // active health checks, by app name
-	current atomic.Pointer[[]*failoverTarget]
-	ready   atomic.Bool // every listener open, not draining
-	reloads reloadStats
+// A table is immutable once built; a reload builds new tables and swaps
+// them in, so the library's routes, which read the current table for
+// every connection, follow reloads without a new Proxy.
+type routeTable struct {
+	sni, host names.Table[*failoverTarget]
+	def       *failoverTarget // nil: unmatched connections are closed
+	// preread bounds how long a client may take to be routed by name: the
+	// longest preread_timeout of the address's apps; 0 if none is named.
+	preread     time.Duration
+	acceptProxy bool   // clients send a PROXY header first (all apps agree)
+	owner       string // the first app on the address, for error messages
 }
 
-// portRoute is the tcpproxy.Target of one listen address. It hands each
-// connection to the app that owns the address in the current config.
-type portRoute struct {
-	addr   string
-	proxy  *tcpproxy.Proxy
-	ln     net.Listener // set by the proxy's ListenFunc
-	target atomic.Pointer[failoverTarget]
-}
+// routeShape is the set of library routes a table needs. A Proxy takes
+// no routes after Start, so a table of another shape needs a new Proxy.
+type routeShape struct{ sni, host bool }
 
-// HandleConn implements tcpproxy.Target.
-func (r *portRoute) HandleConn(c net.Conn) { r.target.Load().HandleConn(c) }
+func (t *routeTable) shape() routeShape { return routeShape{t.sni.Len() > 0, t.host.Len() > 0} }
 
-// checker is a running set of active health checks for one app.
-type checker struct {
-	cfg     healthCheckConfig
-	targets []*health.Target
-	cancel  context.CancelFunc
-	wait    func()
-}
+// named reports whether connections are peeked at to be routed.
+func (s routeShape) named() bool { return s.sni || s.host }
 
-// reloadStats counts config loads after the first.
-type reloadStats struct {
-	success, failure atomic.Int64
-	lastSuccess      atomic.Int64 // unix nanos
-}
-
-// newProxyServer returns a server with nothing listening; apply starts
-// it. listen opens listeners (net.Listen, or an inherited socket after
-// an upgrade).
-func newProxyServer(log *slog.Logger, listen func(network, addr string) (net.Listener, error)) *proxyServer {
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &proxyServer{
-		log:    log,
-		ctx:    ctx,
-		cancel: cancel,
-		conns:  newConnSet(),
-		listen: listen,
-		routes: map[string]*portRoute{},
-		apps:   map[string]*failoverTarget{},
-		checks: map[string]*checker{},
-	}
-	empty := []*failoverTarget{}
-	s.current.Store(&empty)
-	return s
-}
-
-// startProxyServer builds a server for cfg and opens its listeners.
-func startProxyServer(cfg *config, log *slog.Logger, listen func(network, addr string) (net.Listener, error)) (*proxyServer, error) {
-	s := newProxyServer(log, listen)
-	if _, err := s.apply(cfg); err != nil {
-		s.cancel()
-		return nil, err
-	}
-	s.ready.Store(true)
-	return s, nil
-}
-
-// reloadSummary says what a reload changed.
-type reloadSummary struct {
-	added, removed, changed []string // app names
-	opened, closed          []string // listen addresses
-}
-
-func (r reloadSummary) logAttrs() []any {
-	list := func(s []string) string { return "[" + strings.Join(s, " ") + "]" }
-	return []any{"apps_added", list(r.added), "apps_removed", list(r.removed), "apps_changed", list(r.changed),
-		"ports_opened", list(r.opened), "ports_closed", list(r.closed)}
-}
-
-// apply makes cfg the running config: new ports open, removed ports
-// close (their connections run on), ports that stay are re-pointed, and
-// targets that stay keep their health state. If a new port cannot be
-// opened, nothing changes and the error says why.
-func (s *proxyServer) apply(cfg *config) (reloadSummary, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var sum reloadSummary
-
-	// Build the new generation of app targets, carrying state over.
-	apps := make(map[string]*failoverTarget, len(cfg.Apps))
-	gen := make([]*failoverTarget, 0, len(cfg.Apps))
-	owner := map[string]*failoverTarget{}
-	for _, app := range cfg.Apps {
-		prev := s.apps[app.Name]
-		ft, err := newFailoverTarget(s.ctx, app, s.log, s.conns, prev)
-		if err != nil {
-			return sum, err
-		}
-		apps[app.Name] = ft
-		gen = append(gen, ft)
-		for _, addr := range app.listenAddrs() {
-			owner[addr] = ft
-		}
-		switch {
-		case prev == nil:
-			sum.added = append(sum.added, app.Name)
-		case !reflect.DeepEqual(prev.app, app):
-			sum.changed = append(sum.changed, app.Name)
-		}
-	}
-	for name := range s.apps {
-		if apps[name] == nil {
-			sum.removed = append(sum.removed, name)
-		}
-	}
-
-	// Open new ports first, so that a failure leaves the old config
-	// whole.
-	var opened []*portRoute
-	for addr, ft := range owner {
-		if s.routes[addr] != nil {
-			continue
-		}
-		r, err := s.openRoute(addr, ft)
-		if err != nil && errors.Is(err, syscall.EADDRINUSE) && s.releaseConflicting(addr, owner) {
-			// The socket is held by a listener this config removes
-			// (":80" becoming "127.0.0.1:80"): free it, then take it.
-			r, err = s.openRoute(addr, ft)
-		}
-		if err != nil {
-			for _, r := range opened {
-				r.proxy.Close()
+// buildTables returns the routing table of every listen address of gen.
+// Validation has ruled out a name twice on one address and two default
+// apps on one.
+func buildTables(gen []*failoverTarget) map[string]*routeTable {
+	tables := map[string]*routeTable{}
+	for _, ft := range gen {
+		for _, addr := range ft.app.listenAddrs() {
+			t := tables[addr]
+			if t == nil {
+				t = &routeTable{owner: ft.app.Name}
+				tables[addr] = t
 			}
-			return reloadSummary{}, err
+			for _, n := range ft.app.SNI {
+				t.sni.Add(n, ft)
+			}
+			for _, n := range ft.app.HTTPHost {
+				t.host.Add(n, ft)
+			}
+			if !ft.app.named() {
+				t.def = ft
+			}
+			t.preread = max(t.preread, ft.app.PrereadTimeout)
+			t.acceptProxy = ft.app.AcceptProxyProtocol
 		}
-		opened = append(opened, r)
 	}
-
-	// Commit: re-point ports that stay, publish new ones, close removed.
-	for addr, r := range s.routes {
-		if ft := owner[addr]; ft != nil {
-			r.target.Store(ft)
-			continue
+	for _, t := range tables {
+		if !t.shape().named() {
+			t.preread = 0 // nothing is peeked: no deadline at accept
 		}
-		r.proxy.Close()
-		delete(s.routes, addr)
-		sum.closed = append(sum.closed, addr)
 	}
-	for _, r := range opened {
-		s.routes[r.addr] = r
-		sum.opened = append(sum.opened, r.addr)
-	}
-	s.apps = apps
-	s.current.Store(&gen)
-	s.cfg = cfg
-	s.restartChecks()
-	for _, l := range [][]string{sum.added, sum.removed, sum.changed, sum.opened, sum.closed} {
-		sort.Strings(l)
-	}
-	return sum, nil
+	return tables
 }
 
-// openRoute starts a tcpproxy.Proxy listening on addr for ft.
-func (s *proxyServer) openRoute(addr string, ft *failoverTarget) (*portRoute, error) {
-	r := &portRoute{addr: addr, proxy: &tcpproxy.Proxy{}}
-	r.target.Store(ft)
-	r.proxy.ListenFunc = func(network, laddr string) (net.Listener, error) {
-		ln, err := s.listen(network, laddr)
+// listenRoute is one listen address on the library's Proxy. With no
+// names it has a single AddRoute, so nothing is peeked and server-first
+// protocols are unaffected. With names it has AddSNIRouteFunc and/or
+// AddHTTPHostMatchRoute, then AddRoute for the default, all reading the
+// current table.
+type listenRoute struct {
+	addr     string
+	shape    routeShape
+	proxy    *tcpproxy.Proxy
+	ln       net.Listener // the socket, set by the Proxy's ListenFunc
+	table    atomic.Pointer[routeTable]
+	unrouted *unroutedStats // outlives the route: shared by the address's routes
+	log      *slog.Logger
+	closing  atomic.Bool // Close was called: the accept loop's end is expected
+}
+
+// unroutedStats counts one listen address's connections that matched
+// no name and had no default app, since start.
+type unroutedStats struct {
+	noMatch, prereadTimeout atomic.Int64
+	logAt                   atomic.Int64 // unix nanos of the last log line
+}
+
+// startRoute starts a Proxy for addr routing by t. listen opens (or
+// hands over) the listening socket.
+func startRoute(addr string, t *routeTable, st *unroutedStats, log *slog.Logger, listen func() (net.Listener, error)) (*listenRoute, error) {
+	r := &listenRoute{addr: addr, shape: t.shape(), proxy: &tcpproxy.Proxy{}, unrouted: st, log: log.With("listen", addr)}
+	r.table.Store(t)
+	r.proxy.ListenFunc = func(_, _ string) (net.Listener, error) {
+		ln, err := listen()
 		if err != nil {
-			return nil, fmt.Errorf("app %q: listen on %s: %w", ft.app.Name, laddr, unwrapOpError(err))
+			return nil, err
 		}
-		r.ln = newRetryListener(ln, s.log.With("listen", laddr))
-		return r.ln, nil
+		r.ln = ln
+		return routeListener{ln, r}, nil
 	}
-	r.proxy.AddRoute(addr, r)
+	if r.shape.sni {
+		r.proxy.AddSNIRouteFunc(addr, r.routeSNI)
+	}
+	if r.shape.host {
+		r.proxy.AddHTTPHostMatchRoute(addr, r.matchHost, hostRoute{r})
+	}
+	r.proxy.AddRoute(addr, defaultRoute{r})
 	if err := r.proxy.Start(); err != nil {
 		return nil, err
 	}
+	go r.watch()
 	return r, nil
 }
 
-// releaseConflicting closes a listener that the new config drops and
-// that holds the socket addr needs. It reports whether it closed one.
-func (s *proxyServer) releaseConflicting(addr string, keep map[string]*failoverTarget) bool {
-	host, port, _ := net.SplitHostPort(addr)
-	released := false
-	for old, r := range s.routes {
-		oh, op, _ := net.SplitHostPort(old)
-		if keep[old] == nil && op == port && listenConflict(host, oh) {
-			r.proxy.Close()
-			delete(s.routes, old)
-			released = true
-		}
-	}
-	return released
-}
-
-// restartChecks starts, keeps or stops each app's active health checks
-// to match the current config. Checks of an app whose health_check did
-// not change keep running.
-func (s *proxyServer) restartChecks() {
-	for name, c := range s.checks {
-		ft := s.apps[name]
-		if ft != nil && ft.app.HealthCheck != nil && *ft.app.HealthCheck == c.cfg && slices.Equal(c.targets, ft.healthTargets()) {
-			continue
-		}
-		c.cancel()
-		c.wait()
-		delete(s.checks, name)
-	}
-	for name, ft := range s.apps {
-		hc := ft.app.HealthCheck
-		if hc == nil || s.checks[name] != nil {
-			continue
-		}
-		ctx, cancel := context.WithCancel(s.ctx)
-		check := health.Check{Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall}
-		targets := ft.healthTargets()
-		s.checks[name] = &checker{
-			cfg:     *hc,
-			targets: targets,
-			cancel:  cancel,
-			wait:    health.RunChecks(ctx, check, targets, nil),
-		}
+// watch logs the end of the accept loop when nobody closed the route:
+// the port no longer accepts, and an operator must hear of it.
+func (r *listenRoute) watch() {
+	err := r.proxy.Wait()
+	if !r.closing.Load() {
+		r.log.Error("accept loop stopped: this address no longer accepts connections", "err", err)
 	}
 }
 
-// snapshot returns the state of every app for metrics and status.
-func (s *proxyServer) snapshot() stats.Snapshot {
-	gen := *s.current.Load()
-	snap := stats.Snapshot{Apps: make([]stats.App, len(gen))}
-	for i, ft := range gen {
-		snap.Apps[i] = ft.snapshot()
-	}
-	snap.Reloads = stats.Reloads{Success: s.reloads.success.Load(), Failure: s.reloads.failure.Load()}
-	if t := s.reloads.lastSuccess.Load(); t != 0 {
-		snap.Reloads.LastSuccess = time.Unix(0, t)
-	}
-	return snap
+// close stops accepting on the route's socket (a socket handed to a
+// newer route stays open there). Accepted connections run on.
+func (r *listenRoute) close() {
+	r.closing.Store(true)
+	r.proxy.Close()
 }
 
-// listeners returns the open listening sockets by address, for a
-// binary upgrade to hand over.
-func (s *proxyServer) listeners() map[string]*net.TCPListener {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make(map[string]*net.TCPListener, len(s.routes))
-	for addr, r := range s.routes {
-		if rl, ok := r.ln.(*retryListener); ok {
-			out[addr] = rl.TCPListener
+// routeSNI is the library's SNI lookup (AddSNIRouteFunc).
+func (r *listenRoute) routeSNI(_ context.Context, name string) (tcpproxy.Target, bool) {
+	if ft, ok := r.table.Load().sni.Lookup(name); ok {
+		return ft, true
+	}
+	return nil, false
+}
+
+// matchHost is the library's HTTP Host matcher (AddHTTPHostMatchRoute).
+func (r *listenRoute) matchHost(_ context.Context, host string) bool {
+	_, ok := r.table.Load().host.Lookup(names.HTTPHost(host))
+	return ok
+}
+
+// hostRoute is the Target of the HTTP Host route: the app of the Host
+// the library matched.
+type hostRoute struct{ r *listenRoute }
+
+func (h hostRoute) HandleConn(c net.Conn) {
+	t := h.r.table.Load()
+	if wc, ok := c.(*tcpproxy.Conn); ok {
+		if ft, ok := t.host.Lookup(names.HTTPHost(wc.HostName)); ok {
+			ft.HandleConn(c)
+			return
 		}
 	}
-	return out
+	h.r.fallback(t, c) // a reload took the name away since it matched
 }
 
-// active returns the number of open client connections, all apps.
-func (s *proxyServer) active() int { return s.conns.len() }
+// defaultRoute is the Target of the last route, which every connection
+// that no name routed reaches.
+type defaultRoute struct{ r *listenRoute }
 
-// stopAccepting closes every listener. Open connections run on.
-func (s *proxyServer) stopAccepting() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.ready.Store(false)
-	for addr, r := range s.routes {
-		r.proxy.Close()
-		delete(s.routes, addr)
+func (d defaultRoute) HandleConn(c net.Conn) { d.r.fallback(d.r.table.Load(), c) }
+
+// fallback hands c to the address's default app, or closes it.
+func (r *listenRoute) fallback(t *routeTable, c net.Conn) {
+	if t.def != nil {
+		t.def.HandleConn(c)
+		return
 	}
+	r.reject(c)
 }
 
-// shutdown stops accepting at once, lets open connections finish until
-// ctx is done, then closes what is left. It returns how many
-// connections finished on their own and how many were cut.
-func (s *proxyServer) shutdown(ctx context.Context) (drained, cut int) {
-	s.stopAccepting()
-	open := s.active()
-	select {
-	case <-s.conns.drained():
-	case <-ctx.Done():
+// reject closes a connection that has nowhere to go, counts it, and logs
+// at most once a second.
+func (r *listenRoute) reject(c net.Conn) {
+	defer c.Close()
+	ac, _ := tcpproxy.UnderlyingConn(c).(*acceptedConn)
+	reason, n := "no_match", &r.unrouted.noMatch
+	switch {
+	case ac != nil && ac.hdrErr != nil:
+		r.logRateLimited("bad PROXY protocol header", "client", c.RemoteAddr().String(), "err", ac.hdrErr)
+		return
+	case ac != nil && ac.timedOut:
+		reason, n = "preread_timeout", &r.unrouted.prereadTimeout
 	}
-	s.cancel() // abort dials still in flight and stop health checks
-	cut = s.conns.closeAll()
-	s.mu.Lock()
-	for name, c := range s.checks {
-		c.wait()
-		delete(s.checks, name)
-	}
-	s.mu.Unlock()
-	drained = open - cut
-	if drained < 0 {
-		drained = 0 // connections accepted while the listeners closed
-	}
-	return drained, cut
+	n.Add(1)
+	r.logRateLimited("no app for this connection, closing it", "client", clientAddr(c), "server_name", hostName(c), "reason", reason,
+		"unrouted_total", r.unrouted.noMatch.Load()+r.unrouted.prereadTimeout.Load())
 }
 
-// logConfig logs the loaded config, one line per app, the way the seed
-// program did, and the addresses that will be listened on.
-func logConfig(log *slog.Logger, cfg *config) {
-	log.Info("config loaded", "path", cfg.Path, "apps", len(cfg.Apps), "shutdown_timeout", cfg.ShutdownTimeout.String())
-	for _, a := range cfg.Apps {
-		targets := make([]string, len(a.Targets))
-		for i, t := range a.Targets {
-			targets[i] = t.Address
+// logRateLimited logs a warning unless the address logged one less than
+// a second ago.
+func (r *listenRoute) logRateLimited(msg string, args ...any) {
+	now := time.Now().UnixNano()
+	last := r.unrouted.logAt.Load()
+	if now-last < int64(time.Second) || !r.unrouted.logAt.CompareAndSwap(last, now) {
+		return
+	}
+	r.log.Warn(msg, args...)
+}
+
+// routeListener is the listener a route's Proxy accepts from. On an
+// address that routes by name it sets the preread deadline at accept,
+// so that a client that never sends cannot pin the library's peeking
+// goroutine; where clients send a PROXY header it wraps the conn so the
+// header is consumed before anything peeks. Otherwise it hands the
+// library the bare *net.TCPConn.
+type routeListener struct {
+	net.Listener
+	r *listenRoute
+}
+
+func (l routeListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
 		}
-		log.Info("app", "name", a.Name, "ports", a.Ports, "targets", targets, "listen", a.listenAddrs(),
-			"balance", a.Balance, "dial_timeout", a.DialTimeout.String())
+		t := l.r.table.Load()
+		tc, ok := c.(*net.TCPConn)
+		if !ok || t.preread == 0 && !t.acceptProxy {
+			return c, nil
+		}
+		ac := &acceptedConn{TCPConn: tc, proxyHeader: t.acceptProxy}
+		if t.preread == 0 {
+			return ac, nil
+		}
+		ac.deadline = time.Now().Add(t.preread)
+		if tc.SetReadDeadline(ac.deadline) == nil {
+			return ac, nil
+		}
+		// The client is already gone. An error here would end the
+		// library's accept loop, so take the next one instead.
+		tc.Close()
 	}
+}
+
+// hostName returns the name the library routed c by ("" if none).
+func hostName(c net.Conn) string {
+	if wc, ok := c.(*tcpproxy.Conn); ok {
+		return wc.HostName
+	}
+	return ""
+}
+
+// dupListener returns a second listener on ln's socket, so that a new
+// route can accept on it before the old route's Close, and not one
+// connection in the socket's queue is lost in between.
+func dupListener(ln net.Listener) (net.Listener, error) {
+	fl, ok := ln.(interface{ File() (*os.File, error) })
+	if !ok {
+		return nil, fmt.Errorf("listener %T cannot be handed over", ln)
+	}
+	f, err := fl.File()
+	if err != nil {
+		return nil, fmt.Errorf("hand over listener: %w", err)
+	}
+	defer f.Close()
+	return net.FileListener(f)
 }

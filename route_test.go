@@ -379,7 +379,7 @@ func TestBinaryCheck(t *testing.T) {
 		wantCode int
 		want     []string
 	}{
-		{"valid", good, 0, []string{"config OK: 1 apps, 2 listeners, 2 targets"}},
+		{"valid", good, 0, []string{"config OK: 1 apps, 2 listeners, 2 targets, 2 routes"}},
 		{"invalid", bad, 1, []string{bad + `:3: app "a": port 0 outside 1..65535`, bad + `:4: unknown key "tagets" in app`, bad + `:2: app "a": no targets`}},
 	}
 	for _, tt := range tests {

@@ -1,5 +1,8 @@
 // Package relay moves bytes between two TCP connections for a layer-4
-// proxy without pinning kernel pipes to idle connections.
+// proxy without pinning kernel pipes to idle connections. It does so
+// from inside inetaf/tcpproxy's relay: DialProxy copies with io.Copy,
+// which asks its source for io.WriterTo, so a Conn given to DialProxy as
+// both source and destination decides how bytes move.
 //
 // io.Copy between two *net.TCPConn splices, but Go's splice takes a pipe
 // pair from its pool for the whole call and keeps it while blocked waiting
@@ -32,8 +35,9 @@ import (
 type Conn struct {
 	*net.TCPConn
 
-	idle *Idle
-	read atomic.Int64 // bytes WriteTo has moved from this socket to w
+	idle     *Idle
+	read     atomic.Int64 // bytes WriteTo has moved from this socket to w
+	panicked any          // what WriteTo recovered from; see Panicked
 }
 
 // New wraps c. Connections relayed as one pair should share idle; a nil
@@ -62,10 +66,29 @@ func (c *Conn) BytesRead() int64 { return c.read.Load() }
 // If c has an Idle and the pair moved no bytes for its timeout, WriteTo
 // returns an error wrapping os.ErrDeadlineExceeded and Idle.TimedOut
 // reports true.
+//
+// A panic inside WriteTo (the library's copy goroutines recover none) is
+// recovered: both conns are closed, so the other direction ends too, and
+// Panicked reports it.
 func (c *Conn) WriteTo(w io.Writer) (n int64, err error) {
-	defer func() { c.idle.finish(err) }()
+	defer func() {
+		if r := recover(); r != nil {
+			c.panicked = r
+			c.Close()
+			if wc, ok := w.(io.Closer); ok {
+				wc.Close()
+			}
+			err = fmt.Errorf("relay: panic: %v", r)
+		}
+		c.idle.finish(err)
+	}()
 	return c.writeTo(w)
 }
+
+// Panicked returns what a WriteTo that has returned panicked with, or
+// nil. The caller must know that WriteTo returned (DialProxy.HandleConn
+// returns after both of its copies).
+func (c *Conn) Panicked() any { return c.panicked }
 
 func (c *Conn) writeTo(w io.Writer) (int64, error) {
 	rc, err := c.TCPConn.SyscallConn()

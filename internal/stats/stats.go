@@ -14,8 +14,19 @@ import (
 
 // Snapshot is the state of the whole proxy at one moment.
 type Snapshot struct {
-	Apps    []App   `json:"apps"`
-	Reloads Reloads `json:"-"`
+	Apps      []App      `json:"apps"`
+	Listeners []Listener `json:"listeners"`
+	Reloads   Reloads    `json:"-"`
+}
+
+// Listener is one listen address's count of connections that no app
+// took: they matched no name and the address has no default app
+// (UnroutedNoMatch), or they sent too little to be routed within
+// preread_timeout (UnroutedPrereadTimeout).
+type Listener struct {
+	Listen                 string `json:"listen"` // host:port, host empty for every interface
+	UnroutedNoMatch        int64  `json:"unrouted_no_match"`
+	UnroutedPrereadTimeout int64  `json:"unrouted_preread_timeout"`
 }
 
 // Reloads counts config reloads since start.
@@ -30,6 +41,8 @@ type App struct {
 	Listen         string    `json:"listen"`
 	Ports          []int     `json:"ports"`
 	Balance        string    `json:"balance"`
+	SNI            []string  `json:"sni"`       // TLS server names routed to the app; empty when unset
+	HTTPHost       []string  `json:"http_host"` // HTTP Host names routed to the app; empty when unset
 	Active         int64     `json:"active"`
 	Total          int64     `json:"total"` // accepted connections
 	RejectedLimit  int64     `json:"rejected_limit"`

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"github.com/inetaf/tcpproxy"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/proxyproto"
+	"github.com/michaeldbianchi/tcpproxy/internal/relay"
+)
+
+// proxyHeaderTimeout bounds how long a client of an app with
+// accept_proxy_protocol, on an address that does not route by name, may
+// take to send its PROXY header. (On a name-routed address the header
+// is read within preread_timeout.)
+const proxyHeaderTimeout = 5 * time.Second
+
+// acceptedConn is a client connection on an address that peeks at what
+// the client sends (to route it by name) or that takes a PROXY header.
+// It is what the library's routes read from: the first Read consumes
+// the PROXY header, so the library peeks at the payload behind it.
+//
+// Only one goroutine at a time uses it: the library's peeking goroutine,
+// then the app's HandleConn on that same goroutine.
+type acceptedConn struct {
+	*net.TCPConn
+	deadline    time.Time // preread deadline set at accept; zero if none
+	proxyHeader bool      // a PROXY header comes first
+	hdrRead     bool
+	hdr         proxyproto.Header
+	hdrErr      error
+	timedOut    bool // a read hit the preread deadline
+}
+
+// Read implements net.Conn for the library's peeking.
+func (c *acceptedConn) Read(p []byte) (int, error) {
+	if err := c.readHeader(c.deadline); err != nil {
+		return 0, err
+	}
+	n, err := c.TCPConn.Read(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		c.timedOut = true
+	}
+	return n, err
+}
+
+// readHeader reads the PROXY header, once, waiting until deadline (zero:
+// no limit), and puts back the preread deadline proxyproto.Read clears.
+func (c *acceptedConn) readHeader(deadline time.Time) error {
+	if !c.proxyHeader || c.hdrRead {
+		return c.hdrErr
+	}
+	c.hdrRead = true
+	c.hdr, c.hdrErr = proxyproto.Read(c.TCPConn, deadline)
+	if errors.Is(c.hdrErr, os.ErrDeadlineExceeded) {
+		c.timedOut = true
+	}
+	if c.hdrErr == nil && !c.deadline.IsZero() {
+		c.hdrErr = c.TCPConn.SetReadDeadline(c.deadline)
+	}
+	return c.hdrErr
+}
+
+// connInfo is what the access log says about one connection.
+type connInfo struct {
+	client     netip.AddrPort
+	serverName string // the SNI or Host the connection was routed by
+	target     string
+	attempts   int
+	result     string
+	toTarget   int64
+	toClient   int64
+}
+
+// session is one client connection from the app's HandleConn to close.
+// Its end runs exactly once: on the handling goroutine when the
+// connection never reaches the relay, else when the relay returns.
+type session struct {
+	ft       *failoverTarget
+	client   *net.TCPConn
+	accepted *acceptedConn // nil on an address that neither peeks nor takes a PROXY header
+	peeked   []byte        // what the library read while routing, for the target first
+	start    time.Time
+	info     connInfo
+	active   bool              // holds one of the app's active slots
+	entry    *connEntry        // tracked for shutdown
+	ts       *targetState      // the target relayed to
+	hdr      proxyproto.Header // inbound PROXY header, if the app takes one
+	ended    bool
+}
+
+// newSession unwraps what the library hands a Target: a *tcpproxy.Conn
+// (peeked bytes, the routed name) around an *acceptedConn or the bare
+// *net.TCPConn.
+func newSession(ft *failoverTarget, c net.Conn) (*session, error) {
+	s := &session{ft: ft, start: time.Now()}
+	if wc, ok := c.(*tcpproxy.Conn); ok {
+		s.peeked, s.info.serverName = wc.Peeked, wc.HostName
+	}
+	switch u := tcpproxy.UnderlyingConn(c).(type) {
+	case *net.TCPConn:
+		s.client = u
+	case *acceptedConn:
+		s.client, s.accepted = u.TCPConn, u
+	default:
+		return nil, fmt.Errorf("unexpected connection type %T", u)
+	}
+	s.info.client = addrPort(s.client.RemoteAddr())
+	return s, nil
+}
+
+// admit reads the PROXY header if the app takes one, applies allow/deny
+// and max_connections, and returns why the client is turned away, or "".
+func (s *session) admit() string {
+	ft, st := s.ft, s.ft.stats
+	if ft.app.AcceptProxyProtocol {
+		h, err := s.proxyHeader()
+		if err != nil {
+			ft.log.Error("bad PROXY protocol header", "client", s.info.client.String(), "err", err)
+			return "bad proxy header"
+		}
+		s.hdr = h
+		if h.Source.IsValid() {
+			s.info.client = h.Source
+		}
+	}
+	if !ft.allowed(s.info.client.Addr().Unmap()) {
+		st.rejectedDenied.Add(1)
+		return "rejected: denied"
+	}
+	if n := st.active.Add(1); ft.app.MaxConnections > 0 && n > int64(ft.app.MaxConnections) {
+		st.active.Add(-1)
+		st.rejectedLimit.Add(1)
+		ft.logLimit()
+		return "rejected: limit"
+	}
+	s.active = true
+	s.entry = ft.conns.add(s.client)
+	return ""
+}
+
+// proxyHeader returns the client's PROXY header: the one read while the
+// library peeked, or else read now.
+func (s *session) proxyHeader() (proxyproto.Header, error) {
+	if s.accepted == nil {
+		return proxyproto.Read(s.client, s.start.Add(proxyHeaderTimeout))
+	}
+	deadline := s.accepted.deadline
+	if deadline.IsZero() {
+		deadline = s.start.Add(proxyHeaderTimeout)
+	}
+	err := s.accepted.readHeader(deadline)
+	return s.accepted.hdr, err
+}
+
+// relay hands the client and its dialed target to the library's relay,
+// DialProxy, and ends the session when both directions are done. It
+// runs on a goroutine of its own, so the goroutine that peeked and
+// dialed, with its grown stack and the library's peek buffer, is gone
+// while the connection lasts.
+func (s *session) relay(target *net.TCPConn) {
+	app := s.ft.app
+	relay.SetKeepAlive(s.client, app.KeepAlive) // DialProxy cannot unwrap a relay.Conn to do it
+	relay.SetKeepAlive(target, app.KeepAlive)
+	idle := relay.NewTimeouts(app.IdleTimeout, app.HalfCloseTimeout)
+	client, dst := relay.New(s.client, idle), relay.New(target, idle)
+	var src net.Conn = client
+	if len(s.peeked) > 0 {
+		// The library writes Peeked to the target before relaying.
+		src = &tcpproxy.Conn{HostName: s.info.serverName, Peeked: s.peeked, Conn: client}
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.ft.log.Error("panic in relay", "client", s.info.client.String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			client.Close()
+			dst.Close()
+			if !s.ended {
+				s.end("panic")
+			}
+		}
+	}()
+	dp := &tcpproxy.DialProxy{
+		DialTimeout: -1, // dialed already: no timer
+		DialContext: func(context.Context, string, string) (net.Conn, error) { return dst, nil },
+	}
+	dp.HandleConn(src)
+	s.relayed(client, dst, idle, len(s.peeked))
+}
+
+// relayed records what the relay moved and ends the session.
+func (s *session) relayed(client, target *relay.Conn, idle *relay.Idle, peeked int) {
+	st := s.ft.stats
+	s.info.toTarget, s.info.toClient = client.BytesRead()+int64(peeked), target.BytesRead()
+	st.bytesToTarget.Add(s.info.toTarget)
+	st.bytesToClient.Add(s.info.toClient)
+	st.duration.Observe(time.Since(s.start))
+	result := "ok"
+	if idle.TimedOut() {
+		st.idleTimeouts.Add(1)
+	}
+	for _, c := range []*relay.Conn{client, target} {
+		if p := c.Panicked(); p != nil {
+			s.ft.log.Error("panic in relay", "client", s.info.client.String(), "panic", fmt.Sprint(p))
+			result = "panic"
+		}
+	}
+	s.end(result)
+}
+
+// end releases what the connection held and writes its access-log line.
+func (s *session) end(result string) {
+	s.ended = true
+	if s.ts != nil {
+		s.ts.active.Add(-1)
+	}
+	if s.entry != nil {
+		s.ft.conns.remove(s.entry)
+	}
+	if s.active {
+		s.ft.stats.active.Add(-1)
+	}
+	s.info.result = result
+	s.ft.accessLog(s.client, s.start, &s.info)
+}
+
+// accessLog writes the connection's access-log line: at Info with
+// access_log on, at Debug otherwise, and not even formatted when the
+// level is off.
+func (ft *failoverTarget) accessLog(client *net.TCPConn, start time.Time, info *connInfo) {
+	level := slog.LevelDebug
+	if ft.app.AccessLog {
+		level = slog.LevelInfo
+	}
+	if !ft.log.Enabled(context.Background(), level) {
+		return
+	}
+	ft.log.LogAttrs(context.Background(), level, "connection",
+		slog.Int("port", int(addrPort(client.LocalAddr()).Port())),
+		slog.String("client", info.client.String()),
+		slog.String("server_name", info.serverName),
+		slog.String("target", info.target),
+		slog.Int("attempts", info.attempts),
+		slog.Duration("duration", time.Since(start)),
+		slog.Int64("bytes_to_target", info.toTarget),
+		slog.Int64("bytes_to_client", info.toClient),
+		slog.String("result", info.result),
+	)
+}
+
+// clientAddr is c's peer address for logs.
+func clientAddr(c net.Conn) string {
+	return addrPort(c.RemoteAddr()).String()
+}
