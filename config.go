@@ -480,8 +480,8 @@ func (v *validator) validate(f *fileConfig) *config {
 }
 
 // sharedAddresses checks the apps that share a listen address by name:
-// no name twice on one address, and one accept_proxy_protocol setting
-// (the header is read before the name that picks the app).
+// no name twice on one address, and one setting for what happens before
+// the name that picks the app is known.
 func (v *validator) sharedAddresses(apps []*appConfig) {
 	type claim struct {
 		app  *appConfig
@@ -493,8 +493,8 @@ func (v *validator) sharedAddresses(apps []*appConfig) {
 		for _, addr := range app.listenAddrs() {
 			if first := firstApp[addr]; first == nil {
 				firstApp[addr] = app
-			} else if first.AcceptProxyProtocol != app.AcceptProxyProtocol {
-				v.errorf(v.appNodes[app], "app %q: accept_proxy_protocol differs from app %q on the shared listen address %s", app.Name, first.Name, addr)
+			} else {
+				v.sameOnSharedAddress(first, app, addr)
 			}
 			for key, n := range v.nameNodes[app] {
 				if first, dup := seen[addr+" "+key]; !dup {
@@ -504,6 +504,18 @@ func (v *validator) sharedAddresses(apps []*appConfig) {
 				}
 			}
 		}
+	}
+}
+
+// sameOnSharedAddress reports the address-wide settings on which app
+// disagrees with first, the first app on addr: whether a PROXY header
+// comes first, and how long the peek for a name may take.
+func (v *validator) sameOnSharedAddress(first, app *appConfig, addr string) {
+	if first.AcceptProxyProtocol != app.AcceptProxyProtocol {
+		v.errorf(v.appNodes[app], "app %q: accept_proxy_protocol differs from app %q on the shared listen address %s (the header is read before the app is known)", app.Name, first.Name, addr)
+	}
+	if first.PrereadTimeout != app.PrereadTimeout {
+		v.errorf(v.appNodes[app], "app %q: preread_timeout %v differs from app %q's %v on the shared listen address %s (it bounds the peek, before the app is known; set it in defaults:)", app.Name, app.PrereadTimeout, first.Name, first.PrereadTimeout, addr)
 	}
 }
 

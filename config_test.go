@@ -217,6 +217,19 @@ func TestLoadConfigErrors(t *testing.T) {
 				`:5: "yes please" must be true or false`, `:6: "1" must be true or false`}},
 		{"target mapping", "apps:\n- name: a\n  ports: [1]\n  targets:\n  - address: a:1\n    weight: 1001\n  - address: a:2\n    wieght: 2\n  - address: a:3\n    weight: heavy\n  - [a:4]\n",
 			[]string{`:6: app "a": target "a:1": weight 1001 outside 0..1000`, `:8: unknown key "wieght" in target`, `:10: "heavy" must be an integer`, `:11: a target is a "host:port" string`}},
+		{"bad names", "apps:\n- name: a\n  ports: [443]\n  targets: [a:1]\n  sni:\n  - 10.0.0.1\n  - a..b\n  - " + strings.Repeat("x", 64) + ".test\n  - a.*.test\n  - \"*\"\n  - ok.test\n  - OK.test.\n  http_host: [\"[::1]\", \"" + strings.Repeat("abcdefghi.", 26) + "\"]\n",
+			[]string{`:6: app "a": sni "10.0.0.1": an IP address`, `:7: app "a": sni "a..b": empty label`, `:8: app "a": sni "xxxx`, `longer than 63 characters`,
+				`:9: app "a": sni "a.*.test": '*' only stands as the whole leftmost label`, `:10: app "a": sni "*": '*'`,
+				`:12: app "a": sni "OK.test." listed twice (first at line 11)`, `:13: app "a": http_host "[::1]": an IP address`, `longer than 253 characters`}},
+		{"name twice on one address", "apps:\n- name: a\n  ports: [443]\n  targets: [a:1]\n  sni: [a.test]\n- name: b\n  ports: [443, 444]\n  targets: [a:1]\n  sni: [b.test, A.Test]\n",
+			[]string{`:9: app "b": sni a.test is already routed to app "a" on :443 (line 5)`}},
+		{"two defaults on a shared address", "apps:\n- name: a\n  ports: [443]\n  targets: [a:1]\n- name: b\n  ports: [443]\n  targets: [a:1]\n- name: c\n  ports: [443]\n  targets: [a:1]\n  sni: [c.test]\n",
+			[]string{`:6: app "b": listen address :443 is already used at line 3 (also used by app "a")`}},
+		{"named app on another socket of the port", "apps:\n- name: a\n  ports: [443]\n  targets: [a:1]\n- name: b\n  listen: 127.0.0.1\n  ports: [443]\n  targets: [a:1]\n  sni: [b.test]\n",
+			[]string{`:7: app "b": listen address 127.0.0.1:443 is already used at line 3`}},
+		{"shared address settings differ", "apps:\n- name: a\n  ports: [443]\n  targets: [a:1]\n  sni: [a.test]\n- name: b\n  ports: [443]\n  targets: [a:1]\n  accept_proxy_protocol: true\n  preread_timeout: 1s\n",
+			[]string{`:6: app "b": accept_proxy_protocol differs from app "a"`, `:6: app "b": preread_timeout 1s differs from app "a"'s 5s`}},
+		{"preread_timeout", "defaults:\n  preread_timeout: 0s\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n", []string{`:2: app "a": preread_timeout: 0s must be greater than zero`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

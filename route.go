@@ -25,7 +25,7 @@ type routeTable struct {
 	sni, host names.Table[*failoverTarget]
 	def       *failoverTarget // nil: unmatched connections are closed
 	// preread bounds how long a client may take to be routed by name: the
-	// longest preread_timeout of the address's apps; 0 if none is named.
+	// preread_timeout the address's apps agree on; 0 if none is named.
 	preread     time.Duration
 	acceptProxy bool   // clients send a PROXY header first (all apps agree)
 	owner       string // the first app on the address, for error messages
@@ -61,7 +61,7 @@ func buildTables(gen []*failoverTarget) map[string]*routeTable {
 			if !ft.app.named() {
 				t.def = ft
 			}
-			t.preread = max(t.preread, ft.app.PrereadTimeout)
+			t.preread = ft.app.PrereadTimeout
 			t.acceptProxy = ft.app.AcceptProxyProtocol
 		}
 	}

@@ -5,10 +5,13 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,9 +19,13 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/proxyproto"
+	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
 
 func TestProxyEveryPortOfAnApp(t *testing.T) {
@@ -252,6 +259,19 @@ func TestProxyPortInUse(t *testing.T) {
 	}
 }
 
+// countSockets returns the number of sockets this process holds open
+// (pipes apart: Go keeps a small pool of splice pipes on purpose).
+func countSockets() int {
+	n := 0
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.HasPrefix(l, "socket:") {
+			n++
+		}
+	}
+	return n
+}
+
 // TestProxyNoLeaks runs 1,000 connections and checks that the proxy's
 // goroutines and sockets return to where they were. Splice pipes are
 // told apart from sockets: Go keeps a small pool of them on purpose.
@@ -260,16 +280,6 @@ func TestProxyNoLeaks(t *testing.T) {
 	port := freePort(t)
 	startProxy(t, "apps:\n"+appYAML("leak", []int{port}, []string{be.addr, deadAddr(t)}, "max_fails: 0"))
 
-	countSockets := func() int {
-		n := 0
-		ents, _ := os.ReadDir("/proc/self/fd")
-		for _, e := range ents {
-			if l, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name())); err == nil && strings.HasPrefix(l, "socket:") {
-				n++
-			}
-		}
-		return n
-	}
 	// Warm up once so that lazily started runtime goroutines count in
 	// the baseline.
 	exchange := func() {
@@ -538,5 +548,441 @@ func TestBinarySpliceAndIdleDescriptors(t *testing.T) {
 		if pipes > 8 {
 			t.Errorf("%d idle connections hold %d pipe descriptors, want none beyond Go's small pool", n, pipes)
 		}
+	})
+}
+
+// tlsBackend serves TLS with a self-signed certificate for name: after
+// the handshake it writes name and a newline, then echoes. It stands for
+// a TLS service behind a passthrough route: the proxy never terminates.
+func tlsBackend(t testing.TB, name string, names ...string) *backend {
+	t.Helper()
+	cert, err := selfSignedCert(name, names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}}
+	return startBackend(t, func(c net.Conn) {
+		tc := tls.Server(c, cfg)
+		if tc.Handshake() != nil {
+			return
+		}
+		namedHandler(name)(tc)
+	})
+}
+
+// dialTLS makes a TLS connection through the proxy port with server name
+// sni ("" sends none) and returns the first line the backend sent.
+func dialTLS(t testing.TB, port int, sni string, nextProtos ...string) (string, error) {
+	t.Helper()
+	raw := dialProxy(t, port)
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	c := tls.Client(raw, &tls.Config{ServerName: sni, InsecureSkipVerify: true, NextProtos: nextProtos})
+	if err := c.Handshake(); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSuffix(line, "\n"), err
+}
+
+// sniConfig is a shared address with exact, wildcard and default apps.
+func sniConfig(port int, a, b, x, def string, extra string) string {
+	return "apps:\n" +
+		appYAML("a", []int{port}, []string{a}, "sni: [a.test]\n"+extra) +
+		appYAML("b", []int{port}, []string{b}, "sni: [\"*.b.test\"]\n"+extra) +
+		appYAML("x", []int{port}, []string{x}, "sni: [x.b.test, X.Other.Test.]\n"+extra) +
+		func() string {
+			if def == "" {
+				return ""
+			}
+			return appYAML("def", []int{port}, []string{def}, extra)
+		}()
+}
+
+func TestRouteBySNI(t *testing.T) {
+	a, b, x, def := tlsBackend(t, "a", "a.test"), tlsBackend(t, "b"), tlsBackend(t, "x"), tlsBackend(t, "def")
+	port := freePort(t)
+	srv, logs := startProxy(t, sniConfig(port, a.addr, b.addr, x.addr, def.addr, "access_log: true"))
+	for _, tc := range []struct{ sni, want string }{
+		{"a.test", "a"},
+		{"A.Test", "a"},         // case-insensitive
+		{"y.b.test", "b"},       // wildcard
+		{"x.b.test", "x"},       // exact wins over the wildcard added before it
+		{"x.other.test", "x"},   // configured in odd case with a trailing dot
+		{"b.test", "def"},       // a wildcard does not match its own base
+		{"z.y.b.test", "def"},   // nor two labels
+		{"unknown.test", "def"}, // unknown name: the default
+		{"", "def"},             // no SNI at all: the default
+		{"big.a.test", "def"},   // (checked below with a big ClientHello)
+	} {
+		t.Run(tc.sni, func(t *testing.T) {
+			got, err := dialTLS(t, port, tc.sni)
+			if err != nil || got != tc.want {
+				t.Fatalf("server name %q: got %q, %v; want backend %q", tc.sni, got, err, tc.want)
+			}
+		})
+	}
+	t.Run("ClientHello dribbled a byte at a time is routed", func(t *testing.T) {
+		raw := dialProxy(t, port)
+		raw.SetDeadline(time.Now().Add(10 * time.Second))
+		c := tls.Client(dribbleConn{raw}, &tls.Config{ServerName: "a.test", InsecureSkipVerify: true})
+		if err := c.Handshake(); err != nil {
+			t.Fatalf("handshake: %v", err)
+		}
+		if got := readLine(t, c); got != "a" {
+			t.Fatalf("backend %q, want a", got)
+		}
+	})
+	t.Run("ClientHello over the library's 4 KiB peek buffer goes to the default", func(t *testing.T) {
+		protos := make([]string, 20) // ~5 KiB of ALPN: the SNI cannot be peeked
+		for i := range protos {
+			protos[i] = fmt.Sprintf("%03d%s", i, strings.Repeat("p", 250))
+		}
+		got, err := dialTLS(t, port, "a.test", protos...)
+		if err != nil || got != "def" {
+			t.Fatalf("got %q, %v; want the default backend, handshake intact", got, err)
+		}
+	})
+	waitFor(t, 5*time.Second, "access log lines", func() bool { return strings.Contains(logs.String(), "server_name=a.test") })
+	if !strings.Contains(logs.String(), `server_name="" target=`+def.addr) && !strings.Contains(logs.String(), `server_name="" target="`+def.addr) {
+		t.Errorf("no default-routed access log line with an empty server_name:\n%s", logs.String())
+	}
+	for _, l := range srv.snapshot().Listeners {
+		if l.UnroutedNoMatch+l.UnroutedPrereadTimeout != 0 {
+			t.Errorf("unrouted %+v with a default app", l)
+		}
+	}
+}
+
+// dribbleConn writes one byte at a time, each its own TCP segment.
+type dribbleConn struct{ net.Conn }
+
+func (d dribbleConn) Write(p []byte) (int, error) {
+	for i := range p {
+		if _, err := d.Conn.Write(p[i : i+1]); err != nil {
+			return i, err
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return len(p), nil
+}
+
+func TestRouteBySNIWithoutDefault(t *testing.T) {
+	a, b, x := tlsBackend(t, "a"), tlsBackend(t, "b"), tlsBackend(t, "x")
+	port := freePort(t)
+	srv, logs := startProxy(t, sniConfig(port, a.addr, b.addr, x.addr, "", "preread_timeout: 300ms"))
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	unrouted := func() stats.Listener {
+		for _, l := range srv.snapshot().Listeners {
+			if l.Listen == listen {
+				return l
+			}
+		}
+		t.Fatalf("no listener %s in the snapshot", listen)
+		return stats.Listener{}
+	}
+
+	t.Run("unknown name is closed and counted", func(t *testing.T) {
+		if got, err := dialTLS(t, port, "unknown.test"); err == nil {
+			t.Fatalf("handshake succeeded, backend %q", got)
+		}
+		if n := unrouted().UnroutedNoMatch; n != 1 {
+			t.Fatalf("no_match = %d, want 1", n)
+		}
+		if !strings.Contains(logs.String(), "reason=no_match") {
+			t.Errorf("no log line:\n%s", logs.String())
+		}
+	})
+	t.Run("no SNI is closed", func(t *testing.T) {
+		if _, err := dialTLS(t, port, ""); err == nil {
+			t.Fatal("handshake succeeded")
+		}
+	})
+	t.Run("not TLS is closed", func(t *testing.T) {
+		c := dialProxy(t, port)
+		c.Write([]byte("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n"))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(c); len(b) != 0 || err != nil && !isReset(err) {
+			t.Fatalf("read %q, %v; want closed", b, err)
+		}
+	})
+	t.Run("silent client is closed at preread_timeout", func(t *testing.T) {
+		before := unrouted().UnroutedPrereadTimeout
+		c := dialProxy(t, port)
+		start := time.Now()
+		c.SetReadDeadline(start.Add(5 * time.Second))
+		if b, err := io.ReadAll(c); len(b) != 0 || err != nil {
+			t.Fatalf("read %q, %v; want EOF", b, err)
+		}
+		if d := time.Since(start); d < 300*time.Millisecond {
+			t.Fatalf("closed after %v, before preread_timeout", d)
+		}
+		waitFor(t, 5*time.Second, "the preread timeout to be counted", func() bool { return unrouted().UnroutedPrereadTimeout == before+1 })
+	})
+}
+
+// isReset reports whether err is a connection reset by the peer.
+func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
+
+// TestRoutePrereadTimeoutToDefault: a server-first protocol on a
+// name-routed address still works, after preread_timeout, through the
+// default app.
+func TestRoutePrereadTimeoutToDefault(t *testing.T) {
+	a := tlsBackend(t, "a")
+	greeter := startBackend(t, namedHandler("220 smtp ready"))
+	port := freePort(t)
+	startProxy(t, "apps:\n"+
+		appYAML("a", []int{port}, []string{a.addr}, "sni: [a.test]\npreread_timeout: 200ms")+
+		appYAML("smtp", []int{port}, []string{greeter.addr}, "preread_timeout: 200ms"))
+	c := dialProxy(t, port)
+	start := time.Now()
+	if got := readLine(t, c); got != "220 smtp ready" {
+		t.Fatalf("greeting %q", got)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("routed after %v, before preread_timeout", d)
+	}
+	// The deadline set for the peek must not survive into the relay.
+	time.Sleep(300 * time.Millisecond)
+	c.Write([]byte("EHLO x\n"))
+	if got := readLine(t, c); got != "EHLO x" {
+		t.Fatalf("echo after the preread deadline: %q", got)
+	}
+}
+
+// httpNamed serves HTTP answering with its name and the Host it got.
+func httpNamed(t testing.TB, name string) *backend {
+	t.Helper()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s", name, r.Host)
+	})}
+	return startBackend(t, func(c net.Conn) {
+		ln := &oneConnListener{c: c, done: make(chan struct{})}
+		go srv.Serve(ln)
+		<-ln.done
+	})
+}
+
+// oneConnListener serves one connection to an http.Server and reports
+// when the server is done with it.
+type oneConnListener struct {
+	c    net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	var c net.Conn
+	l.once.Do(func() { c = &closeNotifyConn{Conn: l.c, done: l.done} })
+	if c == nil {
+		<-l.done
+		return nil, net.ErrClosed
+	}
+	return c, nil
+}
+func (l *oneConnListener) Close() error   { return nil }
+func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }
+
+type closeNotifyConn struct {
+	net.Conn
+	once sync.Once
+	done chan struct{}
+}
+
+func (c *closeNotifyConn) Close() error {
+	c.once.Do(func() { close(c.done) })
+	return c.Conn.Close()
+}
+
+func TestRouteByHTTPHost(t *testing.T) {
+	www, api, def := httpNamed(t, "www"), httpNamed(t, "api"), httpNamed(t, "def")
+	port := freePort(t)
+	startProxy(t, "apps:\n"+
+		appYAML("www", []int{port}, []string{www.addr}, "http_host: [www.test, \"*.www.test\"]")+
+		appYAML("api", []int{port}, []string{api.addr}, "http_host: [api.test]")+
+		appYAML("def", []int{port}, []string{def.addr}, ""))
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	for _, tc := range []struct{ host, want string }{
+		{"www.test", "www www.test"},
+		{"www.test:8080", "www www.test:8080"}, // Host with a port
+		{"API.Test", "api API.Test"},           // odd case
+		{"a.www.test", "www a.www.test"},
+		{"other.test", "def other.test"},
+	} {
+		t.Run(tc.host, func(t *testing.T) {
+			req, _ := http.NewRequest("GET", url, nil)
+			req.Host = tc.host
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if string(body) != tc.want {
+				t.Fatalf("Host %q: %q, want %q", tc.host, body, tc.want)
+			}
+		})
+	}
+	t.Run("HTTP/1.0 without Host goes to the default", func(t *testing.T) {
+		c := dialProxy(t, port)
+		c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if !strings.HasPrefix(string(body), "def ") {
+			t.Fatalf("body %q, want the default backend", body)
+		}
+	})
+}
+
+// TestRouteSNIAfterProxyHeader: a PROXY header (as an AWS NLB sends it)
+// in front of the ClientHello is consumed before the library peeks, and
+// its address is what allow and the logs see.
+func TestRouteSNIAfterProxyHeader(t *testing.T) {
+	a, def := tlsBackend(t, "a"), tlsBackend(t, "def")
+	port := freePort(t)
+	pp := "accept_proxy_protocol: true\naccess_log: true\nallow: [192.0.2.0/24]"
+	_, logs := startProxy(t, "apps:\n"+
+		appYAML("a", []int{port}, []string{a.addr}, "sni: [a.test]\n"+pp)+
+		appYAML("def", []int{port}, []string{def.addr}, pp))
+	src := netip.MustParseAddrPort("192.0.2.7:40000")
+	dst := netip.MustParseAddrPort("198.51.100.1:443")
+	for _, v := range []int{1, 2} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
+			raw := dialProxy(t, port)
+			raw.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := raw.Write(proxyproto.Append(nil, v, src, dst)); err != nil {
+				t.Fatal(err)
+			}
+			c := tls.Client(raw, &tls.Config{ServerName: "a.test", InsecureSkipVerify: true})
+			if err := c.Handshake(); err != nil {
+				t.Fatalf("handshake: %v", err)
+			}
+			if got := readLine(t, c); got != "a" {
+				t.Fatalf("backend %q, want a", got)
+			}
+		})
+	}
+	waitFor(t, 5*time.Second, "access log lines", func() bool {
+		return strings.Count(logs.String(), "client=192.0.2.7:40000 server_name=a.test") == 2
+	})
+}
+
+// TestRouteReloadMovesName moves a name from one app to another, then
+// makes the address plain and named again, while connections to both
+// apps stay up and a client loop sees no refusal.
+func TestRouteReloadMovesName(t *testing.T) {
+	a, b := tlsBackend(t, "a"), tlsBackend(t, "b")
+	port := freePort(t)
+	two := func(aNames, bNames string) string {
+		return "apps:\n" + appYAML("a", []int{port}, []string{a.addr}, aNames) + appYAML("b", []int{port}, []string{b.addr}, bNames)
+	}
+	srv, _ := startProxy(t, two("sni: [a.test]", "sni: [b.test]"))
+	open := map[string]*tls.Conn{}
+	for _, n := range []string{"a", "b"} {
+		raw := dialProxy(t, port)
+		c := tls.Client(raw, &tls.Config{ServerName: n + ".test", InsecureSkipVerify: true})
+		if got := readLine(t, c); got != n {
+			t.Fatalf("%s.test went to %q", n, got)
+		}
+		open[n] = c
+	}
+
+	stop := make(chan struct{})
+	var failures atomic.Int64
+	var loops sync.WaitGroup
+	loops.Add(1)
+	go func() {
+		defer loops.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				failures.Add(1)
+				continue
+			}
+			c.Close()
+		}
+	}()
+	apply := func(text string) {
+		t.Helper()
+		cfg, err := parseConfig("test.yaml", []byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := srv.apply(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(two("sni: [c.test]", "sni: [a.test, b.test]")) // a.test moves to b
+	if got, err := dialTLS(t, port, "a.test"); err != nil || got != "b" {
+		t.Fatalf("after the move a.test went to %q, %v", got, err)
+	}
+	for i := 0; i < 5; i++ { // plain and named again, on the same socket
+		apply("apps:\n" + appYAML("a", []int{port}, []string{a.addr}, ""))
+		if got, err := dialTLS(t, port, "b.test"); err != nil || got != "a" {
+			t.Fatalf("plain: %q, %v", got, err)
+		}
+		apply(two("sni: [a.test]", "sni: [b.test]"))
+		if got, err := dialTLS(t, port, "b.test"); err != nil || got != "b" {
+			t.Fatalf("named again: %q, %v", got, err)
+		}
+	}
+	close(stop)
+	loops.Wait()
+	if n := failures.Load(); n != 0 {
+		t.Errorf("%d connections refused during the reloads", n)
+	}
+	for n, c := range open {
+		c.Write([]byte("still " + n + "\n"))
+		if got := readLine(t, c); got != "still "+n {
+			t.Errorf("connection to %s after the reloads: %q", n, got)
+		}
+	}
+}
+
+// TestRouteSNINoLeaks: 1,000 SNI-routed connections leave no goroutine
+// or socket behind.
+func TestRouteSNINoLeaks(t *testing.T) {
+	a := tlsBackend(t, "a")
+	port := freePort(t)
+	startProxy(t, "apps:\n"+appYAML("a", []int{port}, []string{a.addr}, "sni: [a.test]"))
+	exchange := func() {
+		raw, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer raw.Close()
+		raw.SetDeadline(time.Now().Add(10 * time.Second))
+		c := tls.Client(raw, &tls.Config{ServerName: "a.test", InsecureSkipVerify: true})
+		if line, err := bufio.NewReader(c).ReadString('\n'); line != "a\n" {
+			t.Errorf("got %q, %v", line, err)
+		}
+	}
+	exchange()
+	waitFor(t, 5*time.Second, "backend connections to close", func() bool { return a.open() == 0 })
+	baseG, baseS := runtime.NumGoroutine(), countSockets()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for i := 0; i < 1000; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			exchange()
+		}()
+	}
+	wg.Wait()
+	waitFor(t, 10*time.Second, "goroutines and sockets back to baseline", func() bool {
+		return runtime.NumGoroutine() <= baseG+2 && countSockets() <= baseS
 	})
 }

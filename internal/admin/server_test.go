@@ -29,7 +29,7 @@ func sampleSnapshot() stats.Snapshot {
 	return stats.Snapshot{
 		Apps: []stats.App{
 			{
-				Name: "web", Listen: "127.0.0.1", Ports: []int{5001, 5200}, Balance: "round_robin",
+				Name: "web", Listen: "127.0.0.1", Ports: []int{5001, 5200}, Balance: "round_robin", SNI: []string{"a.example.com"},
 				Active: 3, Total: 120, RejectedLimit: 4, RejectedDenied: 2, Failed: 1,
 				BytesToTarget: 1 << 20, BytesToClient: 5 << 20,
 				Duration: stats.Histogram{Count: 1, Sum: 0.5, Buckets: map[float64]uint64{1: 1}},
@@ -41,7 +41,8 @@ func sampleSnapshot() stats.Snapshot {
 			},
 			{Name: "idle", Balance: "random"},
 		},
-		Reloads: stats.Reloads{Success: 2, LastSuccess: errAt},
+		Listeners: []stats.Listener{{Listen: "127.0.0.1:5001", UnroutedNoMatch: 3, UnroutedPrereadTimeout: 1}},
+		Reloads:   stats.Reloads{Success: 2, LastSuccess: errAt},
 	}
 }
 
@@ -100,7 +101,7 @@ func TestStatusJSON(t *testing.T) {
 			name: "sample",
 			snap: sampleSnapshot(),
 			want: `{"apps": [
-				{"name": "web", "listen": "127.0.0.1", "ports": [5001, 5200], "balance": "round_robin",
+				{"name": "web", "listen": "127.0.0.1", "ports": [5001, 5200], "balance": "round_robin", "sni": ["a.example.com"], "http_host": [],
 				 "active": 3, "total": 120, "rejected_limit": 4, "rejected_denied": 2, "failed": 1, "idle_timeouts": 0,
 				 "bytes_to_target": 1048576, "bytes_to_client": 5242880,
 				 "targets": [
@@ -112,15 +113,16 @@ func TestStatusJSON(t *testing.T) {
 					 "last_error": "dial tcp 10.0.0.3:9003: connect: connection refused",
 					 "last_error_at": "2026-05-01T12:00:00Z"}
 				 ]},
-				{"name": "idle", "listen": "", "ports": [], "balance": "random",
+				{"name": "idle", "listen": "", "ports": [], "balance": "random", "sni": [], "http_host": [],
 				 "active": 0, "total": 0, "rejected_limit": 0, "rejected_denied": 0, "failed": 0, "idle_timeouts": 0,
 				 "bytes_to_target": 0, "bytes_to_client": 0, "targets": []}
-			]}`,
+			],
+			"listeners": [{"listen": "127.0.0.1:5001", "unrouted_no_match": 3, "unrouted_preread_timeout": 1}]}`,
 		},
 		{
 			name: "no apps",
 			snap: stats.Snapshot{},
-			want: `{"apps": []}`,
+			want: `{"apps": [], "listeners": []}`,
 		},
 	}
 	for _, tt := range tests {

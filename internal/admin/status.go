@@ -45,8 +45,17 @@ func withEmptySlices(s stats.Snapshot) stats.Snapshot {
 		if a.Targets == nil {
 			a.Targets = []stats.Target{}
 		}
+		if a.SNI == nil {
+			a.SNI = []string{}
+		}
+		if a.HTTPHost == nil {
+			a.HTTPHost = []string{}
+		}
 		apps[i] = a
 	}
 	s.Apps = apps
+	if s.Listeners == nil {
+		s.Listeners = []stats.Listener{}
+	}
 	return s
 }

@@ -26,6 +26,9 @@ const (
 
 	resultSuccess = "success"
 	resultFailure = "failure"
+
+	reasonNoMatch        = "no_match"
+	reasonPrereadTimeout = "preread_timeout"
 )
 
 // descs are the descriptions of every series the Collector emits. The label
@@ -46,6 +49,7 @@ type descs struct {
 	bytes             *prometheus.Desc
 	reloads           *prometheus.Desc
 	lastReloadSuccess *prometheus.Desc
+	unrouted          *prometheus.Desc
 }
 
 func newDescs() descs {
@@ -91,6 +95,9 @@ func newDescs() descs {
 		lastReloadSuccess: prometheus.NewDesc("tcpproxy_config_last_reload_success_timestamp_seconds",
 			"Unix time of the last successful config load; 0 before the first.",
 			nil, nil),
+		unrouted: prometheus.NewDesc("tcpproxy_unrouted_connections_total",
+			"Connections on a listen address that no app took: reason=\"no_match\" matched no sni/http_host name and the address has no default app, reason=\"preread_timeout\" sent too little to be routed within preread_timeout.",
+			[]string{"listen", "reason"}, nil),
 	}
 }
 
@@ -98,7 +105,7 @@ func (d descs) all() []*prometheus.Desc {
 	return []*prometheus.Desc{
 		d.connections, d.rejected, d.failed, d.idleTimeouts, d.active,
 		d.targetActive, d.targetDials, d.targetDialFailure, d.targetUp,
-		d.duration, d.bytes, d.reloads, d.lastReloadSuccess,
+		d.duration, d.bytes, d.reloads, d.lastReloadSuccess, d.unrouted,
 	}
 }
 
@@ -143,6 +150,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	snap := c.snapshot()
 	for i := range snap.Apps {
 		c.collectApp(e, &snap.Apps[i])
+	}
+	for _, l := range snap.Listeners {
+		e.metric(c.d.unrouted, prometheus.CounterValue, float64(l.UnroutedNoMatch), l.Listen, reasonNoMatch)
+		e.metric(c.d.unrouted, prometheus.CounterValue, float64(l.UnroutedPrereadTimeout), l.Listen, reasonPrereadTimeout)
 	}
 	r := snap.Reloads
 	e.metric(c.d.reloads, prometheus.CounterValue, float64(r.Success), resultSuccess)

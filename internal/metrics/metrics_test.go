@@ -207,3 +207,22 @@ func TestNewRegistry(t *testing.T) {
 		})
 	}
 }
+
+func TestUnroutedConnections(t *testing.T) {
+	snap := stats.Snapshot{Listeners: []stats.Listener{
+		{Listen: "127.0.0.1:5443", UnroutedNoMatch: 7, UnroutedPrereadTimeout: 2},
+		{Listen: ":5001"},
+	}}
+	c := NewCollector(func() stats.Snapshot { return snap })
+	want := `
+# HELP tcpproxy_unrouted_connections_total Connections on a listen address that no app took: reason="no_match" matched no sni/http_host name and the address has no default app, reason="preread_timeout" sent too little to be routed within preread_timeout.
+# TYPE tcpproxy_unrouted_connections_total counter
+tcpproxy_unrouted_connections_total{listen=":5001",reason="no_match"} 0
+tcpproxy_unrouted_connections_total{listen=":5001",reason="preread_timeout"} 0
+tcpproxy_unrouted_connections_total{listen="127.0.0.1:5443",reason="no_match"} 7
+tcpproxy_unrouted_connections_total{listen="127.0.0.1:5443",reason="preread_timeout"} 2
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "tcpproxy_unrouted_connections_total"); err != nil {
+		t.Fatal(err)
+	}
+}
