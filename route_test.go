@@ -418,7 +418,7 @@ func TestBinaryCheck(t *testing.T) {
 // TestBinaryDemo runs `tcpproxy -demo` on the shipped config.yaml and
 // talks to it like the README says.
 func TestBinaryDemo(t *testing.T) {
-	for _, p := range []int{5001, 9001, 9002} {
+	for _, p := range []int{5001, 5443, 9001, 9002, 9101, 9102, 9103} {
 		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
 			t.Fatalf("port %d, used by the shipped config.yaml, is busy: %v", p, err)
 		} else {
@@ -450,6 +450,45 @@ func TestBinaryDemo(t *testing.T) {
 	if !seen["[127.0.0.1:9001] hello"] || !seen["[127.0.0.1:9002] hello"] || len(seen) != 2 {
 		t.Fatalf("demo answers = %v, want both live backends", seen)
 	}
+	t.Run("SNI routes, crypto/tls", func(t *testing.T) {
+		for sni, want := range map[string]string{"a.demo.test": "9101", "x.b.demo.test": "9102", "other.test": "9103"} {
+			if cn := demoPeerCN(t, sni); !strings.HasSuffix(cn, "127.0.0.1:"+want) {
+				t.Errorf("server name %s answered by %q, want the backend on %s", sni, cn, want)
+			}
+		}
+	})
+	t.Run("SNI routes, curl as in README", func(t *testing.T) {
+		if _, err := exec.LookPath("curl"); err != nil {
+			t.Skip("curl not installed")
+		}
+		out, err := exec.Command("curl", "-sk", "--max-time", "10", "--resolve", "a.demo.test:5443:127.0.0.1", "https://a.demo.test:5443/").CombinedOutput()
+		if want := `hello from demo backend 127.0.0.1:9101 (server name "a.demo.test")`; err != nil || strings.TrimSpace(string(out)) != want {
+			t.Fatalf("curl: %q, %v; want %q", out, err, want)
+		}
+	})
+	t.Run("SNI routes, openssl s_client as in README", func(t *testing.T) {
+		if _, err := exec.LookPath("openssl"); err != nil {
+			t.Skip("openssl not installed")
+		}
+		cmd := exec.Command("openssl", "s_client", "-connect", "127.0.0.1:5443", "-servername", "b.demo.test")
+		cmd.Stdin = strings.NewReader("")
+		out, _ := cmd.CombinedOutput()
+		if !strings.Contains(string(out), "CN = tcpproxy demo backend 127.0.0.1:9102") {
+			t.Fatalf("openssl s_client did not reach the b backend:\n%s", out)
+		}
+	})
+}
+
+// demoPeerCN handshakes with the demo's SNI port and returns the common
+// name of the certificate the backend presented.
+func demoPeerCN(t *testing.T, sni string) string {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", "127.0.0.1:5443", &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatalf("%s: %v", sni, err)
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0].Subject.CommonName
 }
 
 // procFDs counts the sockets and pipes that process pid holds open.

@@ -84,6 +84,7 @@ type appView struct {
 	Name           string
 	Listen         string
 	Ports          string
+	Names          string // sni and http_host names, "" when routed by port alone
 	Balance        string
 	State          string // "up", "partial" or "down": the header's colour
 	TargetsUp      int
@@ -136,6 +137,7 @@ func (h *pageHandler) view(s stats.Snapshot, now time.Time) pageView {
 			Name:           a.Name,
 			Listen:         listenHost(a.Listen),
 			Ports:          joinPorts(a.Ports),
+			Names:          routeNames(a.SNI, a.HTTPHost),
 			Balance:        a.Balance,
 			Active:         a.Active,
 			Total:          a.Total,
@@ -192,6 +194,18 @@ func listenHost(h string) string {
 	default:
 		return h
 	}
+}
+
+// routeNames shows what an app is routed by on a shared port.
+func routeNames(sni, host []string) string {
+	var parts []string
+	if len(sni) > 0 {
+		parts = append(parts, "sni "+strings.Join(sni, ", "))
+	}
+	if len(host) > 0 {
+		parts = append(parts, "host "+strings.Join(host, ", "))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func joinPorts(ports []int) string {

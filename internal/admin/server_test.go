@@ -183,7 +183,7 @@ func TestPage(t *testing.T) {
 				regexp.MustCompile(`<meta http-equiv="refresh" content="5">`),
 				regexp.MustCompile(`<span class="name">web</span>`),
 				regexp.MustCompile(`<span class="name">idle</span>`),
-				regexp.MustCompile(`listen 127\.0\.0\.1 ports 5001, 5200`),
+				regexp.MustCompile(`listen 127\.0\.0\.1 ports 5001, 5200 · sni a\.example\.com</span>`),
 				regexp.MustCompile(`<tr class="target up">\s*<td class="l addr">127\.0\.0\.1:9001</td>`),
 				regexp.MustCompile(`<tr class="target down backup">\s*<td class="l addr">backend\.internal:9003</td>`),
 				regexp.MustCompile(`connection refused`),
