@@ -357,14 +357,21 @@ func TestBinaryGracefulShutdown(t *testing.T) {
 	})
 
 	// The connection opened before the signal still works both ways.
+	wrote := make(chan error, 1)
 	go func() {
-		c.Write(rest)
-		c.CloseWrite()
+		_, err := c.Write(rest)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		wrote <- err
 	}()
 	c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	got, err := io.ReadAll(c)
 	if err != nil || !bytes.Equal(got, rest) {
 		t.Fatalf("after SIGTERM read %d of %d bytes, err %v", len(got), len(rest), err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("after SIGTERM write: %v", err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
