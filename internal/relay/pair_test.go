@@ -40,10 +40,16 @@ func TestStart(t *testing.T) {
 	done := make(chan Result, 2)
 	Start(clientSide, targetSide, Options{HalfCloseTimeout: time.Minute}, func(r Result) { done <- r })
 
+	replied := make(chan error, 1)
 	go func() {
-		req, _ := io.ReadAll(target) // until the client's half-close arrives
-		target.Write(append([]byte("reply to "), req...))
-		target.CloseWrite()
+		req, err := io.ReadAll(target) // until the client's half-close arrives
+		if err == nil {
+			_, err = target.Write(append([]byte("reply to "), req...))
+		}
+		if err == nil {
+			err = target.CloseWrite()
+		}
+		replied <- err
 	}()
 	client.Write([]byte("request"))
 	client.CloseWrite()
@@ -51,6 +57,9 @@ func TestStart(t *testing.T) {
 	got, err := io.ReadAll(client)
 	if err != nil || string(got) != "reply to request" {
 		t.Fatalf("client read %q, %v", got, err)
+	}
+	if err := <-replied; err != nil {
+		t.Fatalf("target: %v", err)
 	}
 	select {
 	case r := <-done:
