@@ -53,20 +53,28 @@ func TestProxyEveryPortOfAnApp(t *testing.T) {
 func TestProxyLargeTransferBothWays(t *testing.T) {
 	const size = 64 << 20
 	// The backend sends its own 64 MiB while it hashes what it reads.
+	// It waits for its own write before it returns: startBackend closes
+	// the connection then, which would cut the download short whenever
+	// the upload finishes first.
 	type result struct {
-		sum [32]byte
-		n   int64
+		sum               [32]byte
+		n                 int64
+		readErr, writeErr error
 	}
 	fromClient := make(chan result, 1)
 	toClientData := make([]byte, size)
 	rand.Read(toClientData)
 	be := startBackend(t, func(c net.Conn) {
-		go c.Write(toClientData)
+		wrote := make(chan error, 1)
+		go func() {
+			_, err := c.Write(toClientData)
+			wrote <- err
+		}()
 		h := sha256.New()
-		n, _ := io.Copy(h, c)
 		var r result
+		r.n, r.readErr = io.Copy(h, c)
 		copy(r.sum[:], h.Sum(nil))
-		r.n = n
+		r.writeErr = <-wrote
 		fromClient <- r
 	})
 	port := freePort(t)
@@ -96,6 +104,9 @@ func TestProxyLargeTransferBothWays(t *testing.T) {
 		t.Error("backend-to-client bytes differ")
 	}
 	r := <-fromClient
+	if r.readErr != nil || r.writeErr != nil {
+		t.Fatalf("backend: read error %v, write error %v", r.readErr, r.writeErr)
+	}
 	if want := sha256.Sum256(toBackendData); r.n != size || r.sum != want {
 		t.Errorf("client-to-backend: got %d bytes, hash match %v", r.n, r.sum == want)
 	}
@@ -357,14 +368,21 @@ func TestBinaryGracefulShutdown(t *testing.T) {
 	})
 
 	// The connection opened before the signal still works both ways.
+	wrote := make(chan error, 1)
 	go func() {
-		c.Write(rest)
-		c.CloseWrite()
+		_, err := c.Write(rest)
+		if err == nil {
+			err = c.CloseWrite()
+		}
+		wrote <- err
 	}()
 	c.SetReadDeadline(time.Now().Add(20 * time.Second))
 	got, err := io.ReadAll(c)
 	if err != nil || !bytes.Equal(got, rest) {
 		t.Fatalf("after SIGTERM read %d of %d bytes, err %v", len(got), len(rest), err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("after SIGTERM write: %v", err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

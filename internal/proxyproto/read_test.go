@@ -134,19 +134,25 @@ func TestReadConsumesExactlyTheHeader(t *testing.T) {
 
 func TestReadClearsDeadline(t *testing.T) {
 	client, server := pair(t, "127.0.0.1")
-	deadline := time.Now().Add(50 * time.Millisecond)
-	done := write(t, client, 100*time.Millisecond, "PROXY UNKNOWN\r\n", "late payload")
+	// The header is queued before Read starts, so Read finds it at once
+	// however late a loaded machine runs this goroutine or a writer.
+	if _, err := client.Write([]byte("PROXY UNKNOWN\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(300 * time.Millisecond)
 	if _, err := Read(server, deadline); err != nil {
 		t.Fatalf("Read: %v", err)
 	}
-	// The payload arrives after Read's deadline; a deadline left on the
-	// connection would fail this read.
+	// The payload is sent once Read's deadline has passed (the clock is
+	// what this waits for); a deadline left on the connection would fail
+	// this read.
+	time.Sleep(time.Until(deadline) + 50*time.Millisecond)
+	if _, err := client.Write([]byte("late payload")); err != nil {
+		t.Fatal(err)
+	}
 	buf := make([]byte, len("late payload"))
 	if _, err := io.ReadFull(server, buf); err != nil {
 		t.Fatalf("read after Read: %v", err)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
 	}
 }
 
