@@ -318,3 +318,64 @@ func TestBinaryIdleClientsDoNotStarveNewOnes(t *testing.T) {
 		t.Errorf("ran out of descriptors within max_connections:\n%s", out)
 	}
 }
+
+// TestIdleTimeoutSlowReader: a busy transfer to a reader slower than the
+// relay's chunks is activity, not idleness. The whole stream arrives,
+// although no single write finishes within idle_timeout.
+func TestIdleTimeoutSlowReader(t *testing.T) {
+	const size = 512 << 10
+	data := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+	be := startBackend(t, func(c net.Conn) {
+		c.Write(data) // all at once, as in the report
+		c.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, c)
+	})
+	port := freePort(t)
+	srv, logs := startProxy(t, "apps:\n"+appYAML("slow", []int{port}, []string{be.addr}, "idle_timeout: 300ms\naccess_log: true"))
+	c := dialProxy(t, port)
+	c.SetReadBuffer(8192)
+	c.SetReadDeadline(time.Now().Add(60 * time.Second))
+	got := make([]byte, 0, size)
+	buf := make([]byte, 4096)
+	for {
+		n, err := c.Read(buf) // a few hundred KiB/s: one splice write outlasts idle_timeout
+		got = append(got, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d of %d bytes: %v", len(got), size, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("got %d of %d bytes (equal prefix: %v)", len(got), size, bytes.HasPrefix(data, got))
+	}
+	if n := srv.appAt(0).stats.idleTimeouts.Load(); n != 0 {
+		t.Errorf("%d idle timeouts counted for a busy transfer", n)
+	}
+	c.Close()
+	waitFor(t, 5*time.Second, "the access log line", func() bool { return strings.Contains(logs.String(), "result=ok") })
+}
+
+// TestIdleTimeoutStalledReaderReset: when the proxy closes a connection
+// for idleness while bytes are still in flight to a reader that stopped
+// reading, the reader sees a reset, never a clean EOF that would make the
+// cut stream look complete; the access log says why.
+func TestIdleTimeoutStalledReaderReset(t *testing.T) {
+	be := startBackend(t, func(c net.Conn) {
+		c.Write(make([]byte, 32<<20)) // more than the socket buffers hold
+		io.Copy(io.Discard, c)
+	})
+	port := freePort(t)
+	srv, logs := startProxy(t, "apps:\n"+appYAML("stall", []int{port}, []string{be.addr}, "idle_timeout: 300ms\naccess_log: true"))
+	c := dialProxy(t, port)
+	c.SetReadBuffer(8192)
+	waitFor(t, 10*time.Second, "the idle timeout", func() bool { return srv.appAt(0).stats.idleTimeouts.Load() == 1 })
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.Copy(io.Discard, c)
+	if !isReset(err) {
+		t.Fatalf("reading the cut stream ended with %v, want a connection reset", err)
+	}
+	waitFor(t, 5*time.Second, "the access log line", func() bool { return strings.Contains(logs.String(), `result="idle timeout"`) })
+}

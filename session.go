@@ -205,6 +205,7 @@ func (s *session) relayed(client, target *relay.Conn, idle *relay.Idle, peeked i
 	result := "ok"
 	if idle.TimedOut() {
 		st.idleTimeouts.Add(1)
+		result = "idle timeout"
 	}
 	for _, c := range []*relay.Conn{client, target} {
 		if p := c.Panicked(); p != nil {

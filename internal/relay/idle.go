@@ -36,6 +36,14 @@ type Idle struct {
 
 	mu    sync.Mutex
 	conns []*net.TCPConn // the pair, woken by expire
+	sent  []sendMark     // per conn, what its peer had acknowledged at the last check
+	reset []bool         // per conn, closed with RST: it had data in flight at a stop
+}
+
+// sendMark is what sendProgress saw of one conn at its last check.
+type sendMark struct {
+	acked   uint64
+	checked bool
 }
 
 // NewIdle returns the clock for one pair that is closed after timeout
@@ -99,7 +107,49 @@ func (i *Idle) register(c *net.TCPConn) {
 	}
 	i.mu.Lock()
 	i.conns = append(i.conns, c)
+	i.sent = append(i.sent, sendMark{})
+	i.reset = append(i.reset, false)
 	i.mu.Unlock()
+}
+
+// sendProgress reports whether a peer of the pair took bytes since the
+// last check: a slow reader draining a long write moves the pair
+// forward although the write has not returned, so it is activity. The
+// first check has no earlier figure: it counts a send queue that holds
+// data. A peer that stopped reading (zero window) acknowledges nothing,
+// so a stuck write is still idle.
+func (i *Idle) sendProgress() bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	moved := false
+	for k, c := range i.conns {
+		acked, queued, ok := sendState(c)
+		if !ok {
+			continue
+		}
+		m := &i.sent[k]
+		if m.checked && acked != m.acked || !m.checked && queued > 0 {
+			moved = true
+		}
+		*m = sendMark{acked: acked, checked: true}
+	}
+	return moved
+}
+
+// resetAfterStop reports whether c was closed mid-stream by a stop and
+// must end with RST rather than a FIN that looks like a complete stream.
+func (i *Idle) resetAfterStop(c *net.TCPConn) bool {
+	if i == nil || !i.stopped.Load() {
+		return false
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	for k, rc := range i.conns {
+		if rc == c {
+			return i.reset[k]
+		}
+	}
+	return false
 }
 
 // touch records activity. Both directions call it for every chunk, so it
@@ -138,7 +188,13 @@ func (i *Idle) stop(idle bool) {
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	for _, c := range i.conns {
+	for k, c := range i.conns {
+		if _, queued, ok := sendState(c); ok && queued > 0 {
+			// Data the peer has not taken: a FIN would make the cut look
+			// like the end of the stream. Close with RST instead.
+			i.reset[k] = true
+			c.SetLinger(0)
+		}
 		c.SetDeadline(aLongTimeAgo) // fails only if already closed
 	}
 }
@@ -214,6 +270,10 @@ func (d *deadline) active(err error) bool {
 			return false // a deadline we did not set
 		}
 		left := d.idle.remaining(limit)
+		if left <= 0 && d.idle.sendProgress() {
+			d.idle.touch()
+			left = d.idle.remaining(limit)
+		}
 		if left <= 0 {
 			d.idle.expire()
 			return false

@@ -85,6 +85,18 @@ func (c *Conn) WriteTo(w io.Writer) (n int64, err error) {
 	return c.writeTo(w)
 }
 
+// CloseWrite half-closes c (the peer reads EOF), as the library's relay
+// does when the other direction ends, except after the pair was stopped
+// with bytes still in flight to c's peer: then no FIN is sent, and the
+// close that follows resets the connection (see Idle), so a cut stream
+// never looks complete.
+func (c *Conn) CloseWrite() error {
+	if c.idle.resetAfterStop(c.TCPConn) {
+		return nil
+	}
+	return c.TCPConn.CloseWrite()
+}
+
 // Panicked returns what a WriteTo that has returned panicked with, or
 // nil. The caller must know that WriteTo returned (DialProxy.HandleConn
 // returns after both of its copies).
