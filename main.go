@@ -21,17 +21,12 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 	"time"
 
 	"github.com/michaeldbianchi/tcpproxy/internal/admin"
 	"github.com/michaeldbianchi/tcpproxy/internal/upgrade"
 )
-
-// version is set at link time (-ldflags "-X main.version=v1.2.3"); a
-// binary built by `go install module@version` reports the module version.
-var version = ""
 
 // upgradeTimeout bounds how long a new binary may take to start serving
 // before the upgrade is abandoned and the old process carries on.
@@ -95,7 +90,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if opts.version {
-		fmt.Fprintln(stdout, "tcpproxy", buildVersion())
+		currentBuild().write(stdout)
 		return 0
 	}
 	if opts.upgrade {
@@ -195,7 +190,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 			log.Warn("write pid file", "err", err)
 		}
 	}
-	log.Info("listening", "version", buildVersion(), "pid", os.Getpid(), "upgraded", inherited.HasParent())
+	log.Info("listening", "version", currentBuild().Version, "pid", os.Getpid(), "upgraded", inherited.HasParent())
 
 	reason := ""
 	for reason == "" {
@@ -302,15 +297,4 @@ func newLogger(w io.Writer, format string) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, nil))
 	}
 	return slog.New(slog.NewTextHandler(w, nil))
-}
-
-// buildVersion is the version this binary reports.
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }

@@ -56,7 +56,7 @@ func (d *daemon) startAdmin(inherited *upgrade.Inherited) error {
 		}
 	}
 	d.adminLn = ln
-	d.admin = admin.New(admin.Options{Snapshot: d.srv.snapshot, Ready: d.srv.ready.Load, Log: d.log})
+	d.admin = admin.New(admin.Options{Snapshot: d.srv.snapshot, Ready: d.srv.ready.Load, Log: d.log, Build: currentBuild().metrics()})
 	go func() {
 		if err := d.admin.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
 			d.log.Error("admin server stopped", "err", err)

@@ -42,6 +42,9 @@ type Options struct {
 	Ready func() bool
 	// Log receives request-serving errors. Nil discards them.
 	Log *slog.Logger
+	// Build labels tcpproxy_build_info on /metrics. The zero value
+	// exports the series with empty labels.
+	Build metrics.Build
 }
 
 // Server is the admin HTTP server.
@@ -52,7 +55,8 @@ type Server struct {
 
 // New builds a Server and its routes:
 //
-//	GET /metrics   Prometheus exposition of metrics.NewRegistry(o.Snapshot)
+//	GET /metrics   metrics.NewRegistry(o.Snapshot, o.Build), in the Prometheus
+//	               text format, or OpenMetrics when the client's Accept asks for it
 //	GET /status    the Snapshot as JSON
 //	GET /          the Snapshot as an HTML page that refreshes itself
 //	GET /healthz   200 "ok" while the server serves
@@ -73,8 +77,11 @@ func New(o Options) *Server {
 	log := o.Log.With("component", "admin")
 
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics.NewRegistry(o.Snapshot), promhttp.HandlerOpts{
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metrics.NewRegistry(o.Snapshot, o.Build), promhttp.HandlerOpts{
 		ErrorLog: scrapeErrorLog{log: log},
+		// Prometheus asks for OpenMetrics first; a plain client (curl)
+		// still gets the classic text format.
+		EnableOpenMetrics: true,
 		// One bad series (or a process collector that cannot read /proc
 		// in some sandbox) should not blank the whole scrape and with it
 		// every dashboard; the error is logged instead.

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/michaeldbianchi/tcpproxy/internal/metrics"
 	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
 
@@ -287,6 +288,42 @@ func TestMetrics(t *testing.T) {
 		if m.GetLabel()[0].GetValue() == "web" && m.GetCounter().GetValue() != 120 {
 			t.Errorf(`tcpproxy_connections_total{app="web"} = %v, want 120`, m.GetCounter().GetValue())
 		}
+	}
+}
+
+// TestMetricsOpenMetrics: a scraper that asks for OpenMetrics gets it
+// (with the build info and the terminating # EOF); curl gets the classic
+// text format.
+func TestMetricsOpenMetrics(t *testing.T) {
+	_, base := serve(t, Options{Snapshot: sampleSnapshot, Build: metrics.Build{Version: "v1.2.3", Revision: "abc", GoVersion: "go1.26.8"}})
+	tests := []struct {
+		accept, wantType string
+		wantEOF          bool
+	}{
+		{"application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", "application/openmetrics-text", true},
+		{"*/*", "text/plain", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.wantType, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, base+"/metrics", nil)
+			req.Header.Set("Accept", tt.accept)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, tt.wantType) {
+				t.Errorf("Content-Type %q, want %s", ct, tt.wantType)
+			}
+			if got := strings.HasSuffix(string(body), "# EOF\n"); got != tt.wantEOF {
+				t.Errorf("ends with # EOF: %v, want %v", got, tt.wantEOF)
+			}
+			want := `tcpproxy_build_info{goversion="go1.26.8",revision="abc",version="v1.2.3"} 1`
+			if !strings.Contains(string(body), want) {
+				t.Errorf("body lacks %s", want)
+			}
+		})
 	}
 }
 
