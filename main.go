@@ -185,6 +185,7 @@ type daemon struct {
 	admin           *admin.Server
 	adminLn         net.Listener
 	shutdownTimeout time.Duration
+	shutdownDelay   time.Duration
 }
 
 // serve runs the proxy until it is stopped or upgraded, and returns the
@@ -235,7 +236,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 			return 1
 		}
 	}
-	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout}
+	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay}
 	if d.srv, err = startProxyServer(cfg, log, listenFunc(cfg.ReusePort, inherited.Listener)); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
@@ -276,9 +277,16 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		}
 	}
 
+	now := false
+	if reason != "upgraded" { // an upgrade hands the sockets on: nothing to delay
+		now = d.lameDuck(sigc)
+	}
 	log.Info("shutting down: listeners closed, draining connections", "reason", reason, "shutdown_timeout", d.shutdownTimeout.String(), "open", d.srv.active())
 	ctx, cancel := context.WithTimeout(context.Background(), d.shutdownTimeout)
 	defer cancel()
+	if now {
+		cancel()
+	}
 	go func() {
 		// A second signal means "now": stop waiting for the drain.
 		for sig := range sigc {
