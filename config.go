@@ -38,16 +38,17 @@ const (
 type config struct {
 	Path            string
 	ShutdownTimeout time.Duration
+	Admin           string // host:port of the admin server; "" is off
+	AdminPublic     bool   // allow a non-loopback admin address
+	ReusePort       bool   // SO_REUSEPORT on every listener
+	Apps            []*appConfig
+
 	// ShutdownDelay is how long the listeners keep accepting after
 	// SIGTERM/SIGINT while /readyz answers 503; default 0.
 	ShutdownDelay time.Duration
 	// AdminToken is the bearer token the admin API's non-GET requests
 	// need; "" (the default) refuses them all.
 	AdminToken string
-	Admin           string // host:port of the admin server; "" is off
-	AdminPublic     bool   // allow a non-loopback admin address
-	ReusePort       bool   // SO_REUSEPORT on every listener
-	Apps            []*appConfig
 }
 
 // appConfig is one app: the ports it listens on and the targets it
