@@ -14,3 +14,16 @@ func (v *validator) adminToken(tok string) string {
 	}
 	return tok
 }
+
+// token is the admin API's bearer token: TCPPROXY_ADMIN_TOKEN if set,
+// else the running config's admin_token ("" refuses requests other than
+// GET).
+func (d *daemon) token() string {
+	if d.opts.adminToken != "" {
+		return d.opts.adminToken
+	}
+	if p := d.adminToken.Load(); p != nil {
+		return *p
+	}
+	return ""
+}

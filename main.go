@@ -26,6 +26,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -112,6 +113,9 @@ func parseFlags(args []string, getenv func(string) string, help io.Writer) (*opt
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return nil, fmt.Errorf("-log-format %q: must be text or json", o.logFormat)
 	}
+	if o.adminToken != "" && !bearerTokenRE.MatchString(o.adminToken) {
+		return nil, errors.New(envAdminToken + ": must be a bearer token of letters, digits and -._~+/")
+	}
 	if o.upgrade && o.pidFile == "" {
 		return nil, errors.New("-upgrade needs -pid-file to find the running proxy")
 	}
@@ -186,6 +190,7 @@ type daemon struct {
 	adminLn         net.Listener
 	shutdownTimeout time.Duration
 	shutdownDelay   time.Duration
+	adminToken      atomic.Pointer[string] // admin_token of the running config
 }
 
 // serve runs the proxy until it is stopped or upgraded, and returns the
@@ -237,10 +242,14 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		}
 	}
 	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay}
+	d.adminToken.Store(&cfg.AdminToken)
 	if d.srv, err = startProxyServer(cfg, log, listenFunc(cfg.ReusePort, inherited.Listener)); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	// The load at start is the first successful one: the status page's
+	// "config loaded" and the last-reload metric start from it.
+	d.srv.reloads.lastSuccess.Store(time.Now().UnixNano())
 	if cfg.Admin != "" {
 		if err := d.startAdmin(inherited); err != nil {
 			log.Error("cannot start", "err", err)
