@@ -286,34 +286,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		}
 	}
 
-	now := false
-	if reason != "upgraded" { // an upgrade hands the sockets on: nothing to delay
-		now = d.lameDuck(sigc)
-	}
-	log.Info("shutting down: listeners closed, draining connections", "reason", reason, "shutdown_timeout", d.shutdownTimeout.String(), "open", d.srv.active())
-	ctx, cancel := context.WithTimeout(context.Background(), d.shutdownTimeout)
-	defer cancel()
-	if now {
-		cancel()
-	}
-	go func() {
-		// A second signal means "now": stop waiting for the drain.
-		for sig := range sigc {
-			if sig == syscall.SIGINT || sig == syscall.SIGTERM {
-				log.Warn("second signal: closing remaining connections now", "signal", sig.String())
-				cancel()
-				return
-			}
-		}
-	}()
-	if d.admin != nil {
-		d.admin.Shutdown(ctx)
-	}
-	drained, cut := d.srv.shutdown(ctx)
-	if opts.pidFile != "" {
-		upgrade.RemovePIDFile(opts.pidFile) // unless the new process wrote its own
-	}
-	log.Info("stopped", "drained", drained, "cut", cut)
+	d.stop(reason, sigc)
 	return 0
 }
 

@@ -1,10 +1,48 @@
 package main
 
 import (
+	"context"
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/upgrade"
 )
+
+// stop drains and stops the proxy after reason (a signal's name, or
+// "upgraded"): lameDuck for shutdown_delay unless upgraded, then the
+// listeners close and open connections get shutdown_timeout; a further
+// SIGTERM/SIGINT closes them at once.
+func (d *daemon) stop(reason string, sigc <-chan os.Signal) {
+	now := false
+	if reason != "upgraded" { // an upgrade hands the sockets on: nothing to delay
+		now = d.lameDuck(sigc)
+	}
+	d.log.Info("shutting down: listeners closed, draining connections", "reason", reason, "shutdown_timeout", d.shutdownTimeout.String(), "open", d.srv.active())
+	ctx, cancel := context.WithTimeout(context.Background(), d.shutdownTimeout)
+	defer cancel()
+	if now {
+		cancel()
+	}
+	go func() {
+		// A second signal means "now": stop waiting for the drain.
+		for sig := range sigc {
+			if sig == syscall.SIGINT || sig == syscall.SIGTERM {
+				d.log.Warn("second signal: closing remaining connections now", "signal", sig.String())
+				cancel()
+				return
+			}
+		}
+	}()
+	if d.admin != nil {
+		d.admin.Shutdown(ctx)
+	}
+	drained, cut := d.srv.shutdown(ctx)
+	if d.opts.pidFile != "" {
+		upgrade.RemovePIDFile(d.opts.pidFile) // unless the new process wrote its own
+	}
+	d.log.Info("stopped", "drained", drained, "cut", cut)
+}
 
 // lameDuck is the first phase of a drain on SIGTERM/SIGINT (HAProxy's
 // grace): /readyz turns 503 at once, so that load balancers and
