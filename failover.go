@@ -348,7 +348,7 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 			break
 		}
 		if ft.targets[i].drain.on() || !ft.targets[i].health.Acquire(now, force) {
-			continue // down, or another connection holds its one trial
+			continue // drained, down, or another connection holds its one trial
 		}
 		if c := try(i); c != nil {
 			return c, i, attempts, nil
