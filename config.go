@@ -45,6 +45,13 @@ type config struct {
 	AdminPublic     bool   // allow a non-loopback admin address
 	ReusePort       bool   // SO_REUSEPORT on every listener
 	Apps            []*appConfig
+
+	// ShutdownDelay is how long the listeners keep accepting after
+	// SIGTERM/SIGINT while /readyz answers 503; default 0.
+	ShutdownDelay time.Duration
+	// AdminToken is the bearer token the admin API's non-GET requests
+	// need; "" (the default) refuses them all.
+	AdminToken string
 }
 
 // appConfig is one app: the ports it listens on and the targets it
@@ -112,6 +119,8 @@ func (a *appConfig) listenAddrs() []string {
 type fileConfig struct {
 	Defaults        appOptions `yaml:"defaults"`
 	ShutdownTimeout *string    `yaml:"shutdown_timeout"`
+	ShutdownDelay   *string    `yaml:"shutdown_delay"`
+	AdminToken      *string    `yaml:"admin_token"`
 	Admin           *string    `yaml:"admin"`
 	AdminPublic     bool       `yaml:"admin_public"`
 	ReusePort       bool       `yaml:"reuse_port"`
@@ -386,6 +395,12 @@ func (v *validator) validate(f *fileConfig) *config {
 	cfg := &config{Path: v.path, ShutdownTimeout: defaultShutdownTimeout}
 	if f.ShutdownTimeout != nil {
 		cfg.ShutdownTimeout = v.durationAt(v.node("shutdown_timeout"), *f.ShutdownTimeout, "shutdown_timeout", false)
+	}
+	if f.ShutdownDelay != nil {
+		cfg.ShutdownDelay = v.durationAt(v.node("shutdown_delay"), *f.ShutdownDelay, "shutdown_delay", false)
+	}
+	if f.AdminToken != nil {
+		cfg.AdminToken = v.adminToken(*f.AdminToken)
 	}
 	if f.Admin != nil {
 		cfg.Admin, cfg.AdminPublic = *f.Admin, f.AdminPublic

@@ -54,6 +54,7 @@ type targetState struct {
 	total    atomic.Int64 // connections relayed to it
 	dials    atomic.Int64
 	failures atomic.Int64
+	drain    drainState // set through the admin API (drain.go)
 }
 
 // appStats are an app's counters since start, shared by every
@@ -124,7 +125,9 @@ func (ft *failoverTarget) healthTargets() []*health.Target {
 }
 
 // Usable implements balance.State.
-func (ft *failoverTarget) Usable(i int) bool { return ft.targets[i].health.Usable(time.Now()) }
+func (ft *failoverTarget) Usable(i int) bool {
+	return !ft.targets[i].drain.on() && ft.targets[i].health.Usable(time.Now())
+}
 
 // Active implements balance.State.
 func (ft *failoverTarget) Active(i int) int64 { return ft.targets[i].active.Load() }
@@ -248,8 +251,8 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 		if limit() {
 			break
 		}
-		if !ft.targets[i].health.Acquire(now, force) {
-			continue // down, or another connection holds its one trial
+		if ft.targets[i].drain.on() || !ft.targets[i].health.Acquire(now, force) {
+			continue // drained, down, or another connection holds its one trial
 		}
 		if c := try(i); c != nil {
 			return c, i, attempts, nil
@@ -260,7 +263,7 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 	// left out) included. A target marked down may be back, and a
 	// refused client is worse than a slow one. Drained targets stay out.
 	for i := range ft.targets {
-		if tried[i] || ft.app.Targets[i].Weight == 0 {
+		if tried[i] || ft.app.Targets[i].Weight == 0 || ft.targets[i].drain.on() {
 			continue
 		}
 		if limit() {
@@ -269,6 +272,9 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 		if c := try(i); c != nil {
 			return c, i, attempts, nil
 		}
+	}
+	if errs == nil { // nothing was dialed
+		return nil, -1, attempts, errAllDrained
 	}
 	errs.ErrorFormat = joinErrors
 	return nil, -1, attempts, errs
@@ -313,6 +319,7 @@ func (ft *failoverTarget) snapshot() stats.App {
 		}
 		a.Targets[i] = t
 	}
+	ft.extendSnapshot(&a) // status.go
 	return a
 }
 

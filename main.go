@@ -5,8 +5,13 @@
 //
 // Usage:
 //
-//	tcpproxy [-c config.yaml] [-check] [-demo] [-watch] [-pid-file PATH] [-log-format text|json] [-version]
+//	tcpproxy [-c config.yaml] [-watch] [-pid-file PATH] [-log-format text|json] [-pprof ADDR] [-demo]
+//	tcpproxy -check|-t [-c config.yaml]
 //	tcpproxy -upgrade -pid-file PATH
+//	tcpproxy -version
+//	tcpproxy -h
+//
+// The default of -c is $TCPPROXY_CONFIG, else ./config.yaml.
 package main
 
 import (
@@ -21,17 +26,13 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
-	"runtime/debug"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/michaeldbianchi/tcpproxy/internal/admin"
 	"github.com/michaeldbianchi/tcpproxy/internal/upgrade"
 )
-
-// version is set at link time (-ldflags "-X main.version=v1.2.3"); a
-// binary built by `go install module@version` reports the module version.
-var version = ""
 
 // upgradeTimeout bounds how long a new binary may take to start serving
 // before the upgrade is abandoned and the old process carries on.
@@ -41,7 +42,8 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// options are the command-line flags.
+// options are the command-line flags, and the environment variables
+// that stand in for them.
 type options struct {
 	configPath string
 	check      bool
@@ -52,23 +54,57 @@ type options struct {
 	pprofAddr  string
 	logFormat  string
 	version    bool
+	// adminToken is TCPPROXY_ADMIN_TOKEN; when set it overrides the
+	// config's admin_token.
+	adminToken string
 }
 
-func parseFlags(args []string, stderr io.Writer) (*options, error) {
-	var o options
-	fs := flag.NewFlagSet("tcpproxy", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&o.configPath, "c", "config.yaml", "config file `path`")
-	fs.StringVar(&o.configPath, "config", "config.yaml", "config file `path` (same as -c)")
-	fs.BoolVar(&o.check, "check", false, "validate the config, print a summary or every error, and exit 0 or 1")
-	fs.BoolVar(&o.demo, "demo", false, "start in-process echo backends for the config's loopback targets (one left dead), then proxy")
-	fs.BoolVar(&o.watch, "watch", false, "reload the config whenever the file changes (as on SIGHUP)")
-	fs.BoolVar(&o.upgrade, "upgrade", false, "upgrade the running proxy named by -pid-file to the binary on disk, without dropping a connection, and exit 0 when done")
-	fs.StringVar(&o.pidFile, "pid-file", "", "write the process ID to `path` once serving (rewritten by an upgraded process)")
-	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060), for profiling; off by default")
-	fs.StringVar(&o.logFormat, "log-format", "text", "log format: `text` or json")
-	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+// Environment variables read at start.
+const (
+	envConfig     = "TCPPROXY_CONFIG"      // default for -c; the flag wins
+	envAdminToken = "TCPPROXY_ADMIN_TOKEN" // overrides admin_token
+)
+
+// usageHead and usageTail are what -h prints around the flag list.
+const usageHead = `tcpproxy: a layer-4 (TCP) proxy and load balancer.
+
+Usage:
+  tcpproxy [-c config.yaml] [-watch] [-pid-file PATH] [-log-format text|json] [-pprof ADDR] [-demo]
+  tcpproxy -check [-c config.yaml]      (or -t: validate the config and exit)
+  tcpproxy -upgrade -pid-file PATH      (upgrade the running proxy to the binary on disk)
+  tcpproxy -version
+
+Flags:
+`
+
+const usageTail = `
+Environment:
+  TCPPROXY_CONFIG       default for -c (a -c or -config flag wins)
+  TCPPROXY_ADMIN_TOKEN  bearer token for the admin API's POST endpoints (overrides admin_token)
+
+Signals:
+  SIGHUP           reload the config; an invalid one is logged and the running config kept
+  SIGUSR2          upgrade to the binary on disk, handing over the listening sockets
+  SIGTERM, SIGINT  drain: /readyz answers 503, listeners keep accepting for shutdown_delay,
+                   then close; open connections get shutdown_timeout to finish
+                   (a second SIGTERM/SIGINT closes what is left at once)
+
+Documentation: README.md
+`
+
+// parseFlags parses args. getenv supplies the environment (os.Getenv in
+// production). On -h it writes the usage to help and returns
+// flag.ErrHelp.
+func parseFlags(args []string, getenv func(string) string, help io.Writer) (*options, error) {
+	o := options{adminToken: getenv(envAdminToken)}
+	fs := newFlagSet(&o, getenv)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(help, usageHead)
+			fs.SetOutput(help)
+			fs.PrintDefaults()
+			fmt.Fprint(help, usageTail)
+		}
 		return nil, err
 	}
 	if fs.NArg() > 0 {
@@ -77,25 +113,53 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return nil, fmt.Errorf("-log-format %q: must be text or json", o.logFormat)
 	}
+	if o.adminToken != "" && !bearerTokenRE.MatchString(o.adminToken) {
+		return nil, errors.New(envAdminToken + ": must be a bearer token of letters, digits and -._~+/")
+	}
 	if o.upgrade && o.pidFile == "" {
 		return nil, errors.New("-upgrade needs -pid-file to find the running proxy")
 	}
 	return &o, nil
 }
 
+// newFlagSet declares every flag into o. The default of -c is
+// $TCPPROXY_CONFIG, else ./config.yaml.
+func newFlagSet(o *options, getenv func(string) string) *flag.FlagSet {
+	fs := flag.NewFlagSet("tcpproxy", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // run reports errors itself; -h goes to stdout
+	fs.Usage = func() {}
+	config := "config.yaml"
+	if env := getenv(envConfig); env != "" {
+		config = env
+	}
+	fs.StringVar(&o.configPath, "c", config, "config file `path`; its default is $TCPPROXY_CONFIG when set")
+	fs.StringVar(&o.configPath, "config", config, "config file `path` (same as -c)")
+	fs.BoolVar(&o.check, "check", false, "validate the config, print a summary or every error, and exit 0 or 1")
+	fs.BoolVar(&o.check, "t", false, "same as -check (as nginx -t)")
+	fs.BoolVar(&o.demo, "demo", false, "start in-process echo backends for the config's loopback targets (one left dead), then proxy")
+	fs.BoolVar(&o.watch, "watch", false, "reload the config whenever the file changes (as on SIGHUP)")
+	fs.BoolVar(&o.upgrade, "upgrade", false, "upgrade the running proxy named by -pid-file to the binary on disk, without dropping a connection, and exit 0 when done")
+	fs.StringVar(&o.pidFile, "pid-file", "", "write the process ID to `path` once serving (rewritten by an upgraded process)")
+	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060), for profiling; off by default")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: `text` or json")
+	fs.BoolVar(&o.version, "version", false, "print the version, commit, build date, Go version and platform, and exit")
+	return fs
+}
+
 // run is main with its effects on the process made explicit, so that
 // tests can call it. It returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
-	opts, err := parseFlags(args, stderr)
+	opts, err := parseFlags(args, os.Getenv, stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "tcpproxy:", err)
+		fmt.Fprintln(stderr, "run 'tcpproxy -h' for usage")
 		return 2
 	}
 	if opts.version {
-		fmt.Fprintln(stdout, "tcpproxy", buildVersion())
+		currentBuild().write(stdout)
 		return 0
 	}
 	if opts.upgrade {
@@ -125,6 +189,8 @@ type daemon struct {
 	admin           *admin.Server
 	adminLn         net.Listener
 	shutdownTimeout time.Duration
+	shutdownDelay   time.Duration
+	adminToken      atomic.Pointer[string] // admin_token of the running config
 }
 
 // serve runs the proxy until it is stopped or upgraded, and returns the
@@ -175,11 +241,15 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 			return 1
 		}
 	}
-	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout}
+	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay}
+	d.adminToken.Store(&cfg.AdminToken)
 	if d.srv, err = startProxyServer(cfg, log, listenFunc(cfg.ReusePort, inherited.Listener)); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	// The load at start is the first successful one: the status page's
+	// "config loaded" and the last-reload metric start from it.
+	d.srv.reloads.lastSuccess.Store(time.Now().UnixNano())
 	if cfg.Admin != "" {
 		if err := d.startAdmin(inherited); err != nil {
 			log.Error("cannot start", "err", err)
@@ -195,7 +265,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 			log.Warn("write pid file", "err", err)
 		}
 	}
-	log.Info("listening", "version", buildVersion(), "pid", os.Getpid(), "upgraded", inherited.HasParent())
+	log.Info("listening", "version", currentBuild().Version, "pid", os.Getpid(), "upgraded", inherited.HasParent())
 
 	reason := ""
 	for reason == "" {
@@ -216,27 +286,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		}
 	}
 
-	log.Info("shutting down: listeners closed, draining connections", "reason", reason, "shutdown_timeout", d.shutdownTimeout.String(), "open", d.srv.active())
-	ctx, cancel := context.WithTimeout(context.Background(), d.shutdownTimeout)
-	defer cancel()
-	go func() {
-		// A second signal means "now": stop waiting for the drain.
-		for sig := range sigc {
-			if sig == syscall.SIGINT || sig == syscall.SIGTERM {
-				log.Warn("second signal: closing remaining connections now", "signal", sig.String())
-				cancel()
-				return
-			}
-		}
-	}()
-	if d.admin != nil {
-		d.admin.Shutdown(ctx)
-	}
-	drained, cut := d.srv.shutdown(ctx)
-	if opts.pidFile != "" {
-		upgrade.RemovePIDFile(opts.pidFile) // unless the new process wrote its own
-	}
-	log.Info("stopped", "drained", drained, "cut", cut)
+	d.stop(reason, sigc)
 	return 0
 }
 
@@ -302,15 +352,4 @@ func newLogger(w io.Writer, format string) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, nil))
 	}
 	return slog.New(slog.NewTextHandler(w, nil))
-}
-
-// buildVersion is the version this binary reports.
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }

@@ -31,6 +31,8 @@ func (d *daemon) reload() {
 			d.srv.reloads.success.Add(1)
 			d.srv.reloads.lastSuccess.Store(time.Now().UnixNano())
 			d.shutdownTimeout = cfg.ShutdownTimeout
+			d.shutdownDelay = cfg.ShutdownDelay
+			d.adminToken.Store(&cfg.AdminToken)
 			d.log.Info("config reloaded", sum.logAttrs()...)
 			if cfg.Admin != d.startCfg.Admin || cfg.AdminPublic != d.startCfg.AdminPublic || cfg.ReusePort != d.startCfg.ReusePort {
 				d.log.Warn("admin, admin_public and reuse_port take effect on restart or upgrade, not on reload")
@@ -56,7 +58,14 @@ func (d *daemon) startAdmin(inherited *upgrade.Inherited) error {
 		}
 	}
 	d.adminLn = ln
-	d.admin = admin.New(admin.Options{Snapshot: d.srv.snapshot, Ready: d.srv.ready.Load, Log: d.log})
+	d.admin = admin.New(admin.Options{
+		Snapshot: d.srv.snapshot,
+		Ready:    d.srv.ready.Load,
+		Log:      d.log,
+		Build:    currentBuild().metrics(),
+		Token:    d.token,
+		SetDrain: d.srv.setDrain,
+	})
 	go func() {
 		if err := d.admin.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
 			d.log.Error("admin server stopped", "err", err)

@@ -74,7 +74,8 @@ type pageView struct {
 	Started     string
 	Uptime      string
 	Reloads     stats.Reloads
-	LastReload  string
+	LastReload  string // the last successful config load, start included
+	RateWindow  string
 	Apps        []appView
 	TargetsUp   int
 	TargetCount int
@@ -86,21 +87,33 @@ type appView struct {
 	Ports          string
 	Names          string // sni and http_host names, "" when routed by port alone
 	Balance        string
+	HealthChecks   string
 	State          string // "up", "partial" or "down": the header's colour
 	TargetsUp      int
+	Drained        int
 	Active         int64
+	MaxConnections int    // 0: unlimited
+	LimitUse       string // Active as a share of MaxConnections, "" if unlimited
+	LimitHigh      int    // 80% and 95% of MaxConnections: the meter's
+	LimitFull      int    // amber and red regions
 	Total          int64
 	RejectedLimit  int64
 	RejectedDenied int64
 	Failed         int64
 	BytesToTarget  byteCount
 	BytesToClient  byteCount
+	ConnRate       string // per second over the rate window
+	ToTargetRate   string
+	ToClientRate   string
 	Targets        []targetView
 }
 
 type targetView struct {
 	Address      string
+	State        string // "up", "down" or "drain": the row's colour
 	Up           bool
+	Drain        bool
+	Health       string // who marked it down and since when, or "up"
 	Weight       int
 	Backup       bool
 	Active       int64
@@ -120,68 +133,118 @@ type byteCount struct {
 
 func (h *pageHandler) view(s stats.Snapshot, now time.Time) pageView {
 	v := pageView{
-		Refresh: int(pageRefresh / time.Second),
-		Host:    h.host,
-		PID:     os.Getpid(),
-		Now:     now.Format(time.RFC3339),
-		Started: h.started.Format(time.RFC3339),
-		Uptime:  humanDuration(now.Sub(h.started)),
-		Reloads: s.Reloads,
-		Apps:    make([]appView, 0, len(s.Apps)),
+		Refresh:    int(pageRefresh / time.Second),
+		Host:       h.host,
+		PID:        os.Getpid(),
+		Now:        now.Format(time.RFC3339),
+		Started:    h.started.Format(time.RFC3339),
+		Uptime:     humanDuration(now.Sub(h.started)),
+		Reloads:    s.Reloads,
+		RateWindow: humanDuration(stats.RateWindow),
+		Apps:       make([]appView, 0, len(s.Apps)),
 	}
 	if !s.Reloads.LastSuccess.IsZero() {
 		v.LastReload = s.Reloads.LastSuccess.Format(time.RFC3339) + " (" + humanDuration(now.Sub(s.Reloads.LastSuccess)) + " ago)"
 	}
-	for _, a := range s.Apps {
-		av := appView{
-			Name:           a.Name,
-			Listen:         listenHost(a.Listen),
-			Ports:          joinPorts(a.Ports),
-			Names:          routeNames(a.SNI, a.HTTPHost),
-			Balance:        a.Balance,
-			Active:         a.Active,
-			Total:          a.Total,
-			RejectedLimit:  a.RejectedLimit,
-			RejectedDenied: a.RejectedDenied,
-			Failed:         a.Failed,
-			BytesToTarget:  byteCount{Human: humanBytes(a.BytesToTarget), Exact: a.BytesToTarget},
-			BytesToClient:  byteCount{Human: humanBytes(a.BytesToClient), Exact: a.BytesToClient},
-			Targets:        make([]targetView, 0, len(a.Targets)),
-		}
-		for _, t := range a.Targets {
-			tv := targetView{
-				Address:   t.Address,
-				Up:        t.Up,
-				Weight:    t.Weight,
-				Backup:    t.Backup,
-				Active:    t.Active,
-				Total:     t.Total,
-				Dials:     t.Dials,
-				Failures:  t.Failures,
-				LastError: t.LastError,
-			}
-			if t.LastErrorAt != nil {
-				tv.LastErrorAt = t.LastErrorAt.Format(time.RFC3339)
-				tv.LastErrorAgo = humanDuration(now.Sub(*t.LastErrorAt)) + " ago"
-			}
-			if t.Up {
-				av.TargetsUp++
-			}
-			av.Targets = append(av.Targets, tv)
-		}
-		switch {
-		case av.TargetsUp == len(av.Targets):
-			av.State = "up"
-		case av.TargetsUp == 0:
-			av.State = "down"
-		default:
-			av.State = "partial"
-		}
+	for i := range s.Apps {
+		av := appViewOf(&s.Apps[i], now)
 		v.TargetsUp += av.TargetsUp
 		v.TargetCount += len(av.Targets)
 		v.Apps = append(v.Apps, av)
 	}
 	return v
+}
+
+// appViewOf formats one app and its targets.
+func appViewOf(a *stats.App, now time.Time) appView {
+	av := appView{
+		Name:           a.Name,
+		Listen:         listenHost(a.Listen),
+		Ports:          joinPorts(a.Ports),
+		Names:          routeNames(a.SNI, a.HTTPHost),
+		Balance:        a.Balance,
+		HealthChecks:   a.HealthChecks,
+		Active:         a.Active,
+		MaxConnections: a.MaxConnections,
+		Total:          a.Total,
+		RejectedLimit:  a.RejectedLimit,
+		RejectedDenied: a.RejectedDenied,
+		Failed:         a.Failed,
+		BytesToTarget:  byteCount{Human: humanBytes(a.BytesToTarget), Exact: a.BytesToTarget},
+		BytesToClient:  byteCount{Human: humanBytes(a.BytesToClient), Exact: a.BytesToClient},
+		ConnRate:       strconv.FormatFloat(a.Rates.Connections, 'f', 1, 64),
+		ToTargetRate:   humanBytes(int64(a.Rates.BytesToTarget)) + "/s",
+		ToClientRate:   humanBytes(int64(a.Rates.BytesToClient)) + "/s",
+		Targets:        make([]targetView, 0, len(a.Targets)),
+	}
+	if a.MaxConnections > 0 {
+		av.LimitUse = strconv.FormatFloat(100*float64(a.Active)/float64(a.MaxConnections), 'f', 1, 64) + "%"
+		av.LimitHigh, av.LimitFull = a.MaxConnections*80/100, a.MaxConnections*95/100
+	}
+	for i := range a.Targets {
+		tv := targetViewOf(&a.Targets[i], now)
+		if tv.Up {
+			av.TargetsUp++
+		}
+		if tv.Drain {
+			av.Drained++
+		}
+		av.Targets = append(av.Targets, tv)
+	}
+	switch {
+	case av.TargetsUp == len(av.Targets):
+		av.State = "up"
+	case av.TargetsUp == 0:
+		av.State = "down"
+	default:
+		av.State = "partial"
+	}
+	return av
+}
+
+// targetViewOf formats one target.
+func targetViewOf(t *stats.Target, now time.Time) targetView {
+	tv := targetView{
+		Address:   t.Address,
+		State:     "up",
+		Up:        t.Up,
+		Drain:     t.Drain,
+		Health:    "up",
+		Weight:    t.Weight,
+		Backup:    t.Backup,
+		Active:    t.Active,
+		Total:     t.Total,
+		Dials:     t.Dials,
+		Failures:  t.Failures,
+		LastError: t.LastError,
+	}
+	if !t.Up {
+		tv.State = "down"
+		tv.Health = downHow(t.DownBy)
+		if t.DownSince != nil {
+			tv.Health += " since " + t.DownSince.Format(time.RFC3339) + " (" + humanDuration(now.Sub(*t.DownSince)) + ")"
+		}
+	}
+	if t.Drain {
+		tv.State = "drain"
+	}
+	if t.LastErrorAt != nil {
+		tv.LastErrorAt = t.LastErrorAt.Format(time.RFC3339)
+		tv.LastErrorAgo = humanDuration(now.Sub(*t.LastErrorAt)) + " ago"
+	}
+	return tv
+}
+
+// downHow says in words what marked a target down.
+func downHow(by string) string {
+	switch by {
+	case "passive":
+		return "down by failed dials (passive)"
+	case "active":
+		return "down by failed health checks (active)"
+	default:
+		return "down"
+	}
 }
 
 // listenHost shows the listen host as it would appear before ":port".

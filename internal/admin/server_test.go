@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/michaeldbianchi/tcpproxy/internal/metrics"
 	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
 
@@ -32,11 +33,15 @@ func sampleSnapshot() stats.Snapshot {
 				Name: "web", Listen: "127.0.0.1", Ports: []int{5001, 5200}, Balance: "round_robin", SNI: []string{"a.example.com"},
 				Active: 3, Total: 120, RejectedLimit: 4, RejectedDenied: 2, Failed: 1,
 				BytesToTarget: 1 << 20, BytesToClient: 5 << 20,
-				Duration: stats.Histogram{Count: 1, Sum: 0.5, Buckets: map[float64]uint64{1: 1}},
+				Duration:       stats.Histogram{Count: 1, Sum: 0.5, Buckets: map[float64]uint64{1: 1}},
+				MaxConnections: 1000,
+				HealthChecks:   "passive (max_fails 1, fail_timeout 10s), active (interval 5s, timeout 1s, rise 2, fall 3)",
 				Targets: []stats.Target{
 					{Address: "127.0.0.1:9001", Up: true, Weight: 2, Active: 3, Total: 110, Dials: 111, Failures: 1},
 					{Address: "backend.internal:9003", Weight: 1, Backup: true, Total: 10, Dials: 25, Failures: 15,
-						LastError: "dial tcp 10.0.0.3:9003: connect: connection refused", LastErrorAt: &at},
+						LastError: "dial tcp 10.0.0.3:9003: connect: connection refused", LastErrorAt: &at,
+						DownBy: "active", DownSince: &at},
+					{Address: "127.0.0.1:9002", Up: true, Weight: 1, Drain: true},
 				},
 			},
 			{Name: "idle", Balance: "random"},
@@ -104,18 +109,26 @@ func TestStatusJSON(t *testing.T) {
 				{"name": "web", "listen": "127.0.0.1", "ports": [5001, 5200], "balance": "round_robin", "sni": ["a.example.com"], "http_host": [],
 				 "active": 3, "total": 120, "rejected_limit": 4, "rejected_denied": 2, "failed": 1, "idle_timeouts": 0,
 				 "bytes_to_target": 1048576, "bytes_to_client": 5242880,
+				 "max_connections": 1000,
+				 "health_checks": "passive (max_fails 1, fail_timeout 10s), active (interval 5s, timeout 1s, rise 2, fall 3)",
+				 "rates": {"connections_per_second": 0, "bytes_to_target_per_second": 0, "bytes_to_client_per_second": 0},
 				 "targets": [
 					{"address": "127.0.0.1:9001", "up": true, "weight": 2, "backup": false,
 					 "active": 3, "total": 110, "dials": 111, "failures": 1,
-					 "last_error": "", "last_error_at": null},
+					 "last_error": "", "last_error_at": null, "drain": false, "down_by": "", "down_since": null},
 					{"address": "backend.internal:9003", "up": false, "weight": 1, "backup": true,
 					 "active": 0, "total": 10, "dials": 25, "failures": 15,
 					 "last_error": "dial tcp 10.0.0.3:9003: connect: connection refused",
-					 "last_error_at": "2026-05-01T12:00:00Z"}
+					 "last_error_at": "2026-05-01T12:00:00Z", "drain": false, "down_by": "active", "down_since": "2026-05-01T12:00:00Z"},
+					{"address": "127.0.0.1:9002", "up": true, "weight": 1, "backup": false,
+					 "active": 0, "total": 0, "dials": 0, "failures": 0,
+					 "last_error": "", "last_error_at": null, "drain": true, "down_by": "", "down_since": null}
 				 ]},
 				{"name": "idle", "listen": "", "ports": [], "balance": "random", "sni": [], "http_host": [],
 				 "active": 0, "total": 0, "rejected_limit": 0, "rejected_denied": 0, "failed": 0, "idle_timeouts": 0,
-				 "bytes_to_target": 0, "bytes_to_client": 0, "targets": []}
+				 "bytes_to_target": 0, "bytes_to_client": 0, "max_connections": 0, "health_checks": "",
+				 "rates": {"connections_per_second": 0, "bytes_to_target_per_second": 0, "bytes_to_client_per_second": 0},
+				 "targets": []}
 			],
 			"listeners": [{"listen": "127.0.0.1:5001", "unrouted_no_match": 3, "unrouted_preread_timeout": 1}]}`,
 		},
@@ -190,6 +203,12 @@ func TestPage(t *testing.T) {
 				regexp.MustCompile(`2026-05-01T12:00:00Z`),
 				regexp.MustCompile(`1\.00 MiB`),
 				regexp.MustCompile(`5\.00 MiB`),
+				regexp.MustCompile(`<tr class="target drain">\s*<td class="l addr">127\.0\.0\.1:9002</td>\s*<td class="l"><span class="badge drain">DRAIN</span> <span class="badge up">UP</span></td>`),
+				regexp.MustCompile(`down by failed health checks \(active\) since 2026-05-01T12:00:00Z \(\d+d\d+h\)`),
+				regexp.MustCompile(`1000 <meter min="0" max="1000" low="800" high="950" optimum="0" value="3"></meter> 0\.3%`),
+				regexp.MustCompile(`health checks: passive \(max_fails 1, fail_timeout 10s\), active`),
+				regexp.MustCompile(`2/3 targets up, 1 drained`),
+				regexp.MustCompile(`config loaded</dt><dd>2026-05-01T12:00:00Z \(`),
 			},
 		},
 		{
@@ -292,6 +311,42 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// TestMetricsOpenMetrics: a scraper that asks for OpenMetrics gets it
+// (with the build info and the terminating # EOF); curl gets the classic
+// text format.
+func TestMetricsOpenMetrics(t *testing.T) {
+	_, base := serve(t, Options{Snapshot: sampleSnapshot, Build: metrics.Build{Version: "v1.2.3", Revision: "abc", GoVersion: "go1.26.8"}})
+	tests := []struct {
+		accept, wantType string
+		wantEOF          bool
+	}{
+		{"application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", "application/openmetrics-text", true},
+		{"*/*", "text/plain", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.wantType, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, base+"/metrics", nil)
+			req.Header.Set("Accept", tt.accept)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, tt.wantType) {
+				t.Errorf("Content-Type %q, want %s", ct, tt.wantType)
+			}
+			if got := strings.HasSuffix(string(body), "# EOF\n"); got != tt.wantEOF {
+				t.Errorf("ends with # EOF: %v, want %v", got, tt.wantEOF)
+			}
+			want := `tcpproxy_build_info{goversion="go1.26.8",revision="abc",version="v1.2.3"} 1`
+			if !strings.Contains(string(body), want) {
+				t.Errorf("body lacks %s", want)
+			}
+		})
+	}
+}
+
 func TestRoutes(t *testing.T) {
 	_, base := serve(t, Options{Snapshot: sampleSnapshot})
 	tests := []struct {
@@ -299,7 +354,7 @@ func TestRoutes(t *testing.T) {
 		want         int
 	}{
 		{http.MethodGet, "/nope", http.StatusNotFound},
-		{http.MethodPost, "/status", http.StatusMethodNotAllowed},
+		{http.MethodPost, "/status", http.StatusForbidden}, // no admin token: nothing but GET
 		{http.MethodHead, "/healthz", http.StatusOK},
 	}
 	for _, tt := range tests {

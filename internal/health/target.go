@@ -43,6 +43,9 @@ type Target struct {
 	probeFails atomic.Int64
 
 	lastErr atomic.Pointer[failure]
+	// downAt is when the target was last marked down (unix ns), written
+	// by the goroutine that won the transition; 0 until the first one.
+	downAt atomic.Int64
 }
 
 // failure is the last error seen for a target, for a status page.
@@ -175,6 +178,7 @@ func (t *Target) Failure(now time.Time, err error) {
 	if !t.status.CompareAndSwap(statusUp, statusDownPassive) {
 		return
 	}
+	t.downAt.Store(n)
 	// Probes must prove the target healthy again from scratch, not ride on
 	// successes counted before the failures.
 	t.probeOKs.Store(0)
@@ -202,6 +206,7 @@ func (t *Target) ProbeResult(now time.Time, c Check, err error) {
 			return
 		}
 		if t.status.CompareAndSwap(statusUp, statusDownActive) {
+			t.downAt.Store(now.UnixNano())
 			t.logDown(fmt.Sprintf("%d consecutive failed health checks, last: %s", count, errString(err)))
 			return
 		}
@@ -237,6 +242,24 @@ func (t *Target) releaseActive(now time.Time) {
 	t.retryAt.Store(now.UnixNano())
 	t.trialUntil.Store(0)
 	t.status.CompareAndSwap(statusDownActive, statusDownPassive)
+}
+
+// Down says who marked t down, "passive" (failed dials) or "active"
+// (failed health checks), and since when; by is "" while t is up. since
+// is zero if the transition is still being recorded.
+func (t *Target) Down() (by string, since time.Time) {
+	switch t.status.Load() {
+	case statusDownPassive:
+		by = "passive"
+	case statusDownActive:
+		by = "active"
+	default:
+		return "", time.Time{}
+	}
+	if at := t.downAt.Load(); at != 0 {
+		since = time.Unix(0, at)
+	}
+	return by, since
 }
 
 // LastError returns the most recent dial or health-check error seen for t

@@ -125,12 +125,34 @@ func NewCollector(snapshot func() stats.Snapshot) prometheus.Collector {
 	return &collector{snapshot: snapshot, d: newDescs()}
 }
 
-// NewRegistry returns a registry holding the Collector for snapshot and
-// the standard Go runtime and process collectors.
-func NewRegistry(snapshot func() stats.Snapshot) *prometheus.Registry {
+// Build describes the running binary: the labels of tcpproxy_build_info.
+type Build struct {
+	Version   string // v1.2.3, a module pseudo-version, or "(devel)"
+	Revision  string // VCS commit; "" when unknown
+	GoVersion string // e.g. go1.26.8
+}
+
+// NewBuildInfo returns the constant gauge
+// tcpproxy_build_info{version,revision,goversion} 1, the usual way to
+// expose a build so that a query can join it to any series.
+func NewBuildInfo(b Build) prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "tcpproxy_build_info",
+		Help:        "Always 1; the labels say which build of tcpproxy is running.",
+		ConstLabels: prometheus.Labels{"version": b.Version, "revision": b.Revision, "goversion": b.GoVersion},
+	})
+	g.Set(1)
+	return g
+}
+
+// NewRegistry returns a registry holding the Collector for snapshot,
+// tcpproxy_build_info for build, and the standard Go runtime and process
+// collectors.
+func NewRegistry(snapshot func() stats.Snapshot, build Build) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		NewCollector(snapshot),
+		NewBuildInfo(build),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

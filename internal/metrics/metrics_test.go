@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -186,7 +187,7 @@ func TestCollectorTakesOneSnapshotPerScrape(t *testing.T) {
 }
 
 func TestNewRegistry(t *testing.T) {
-	families, err := NewRegistry(sampleSnapshot).Gather()
+	families, err := NewRegistry(sampleSnapshot, Build{Version: "v1.2.3", Revision: "abc123", GoVersion: "go1.26.8"}).Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,6 +198,7 @@ func TestNewRegistry(t *testing.T) {
 	for _, name := range []string{
 		"tcpproxy_connections_total",
 		"tcpproxy_connection_duration_seconds",
+		"tcpproxy_build_info",
 		"go_goroutines",
 		"process_start_time_seconds",
 	} {
@@ -205,6 +207,17 @@ func TestNewRegistry(t *testing.T) {
 				t.Errorf("registry does not export %s", name)
 			}
 		})
+	}
+	bi := byName["tcpproxy_build_info"].GetMetric()
+	if len(bi) != 1 || bi[0].GetGauge().GetValue() != 1 {
+		t.Fatalf("tcpproxy_build_info = %v, want one sample of 1", bi)
+	}
+	labels := map[string]string{}
+	for _, l := range bi[0].GetLabel() {
+		labels[l.GetName()] = l.GetValue()
+	}
+	if want := map[string]string{"version": "v1.2.3", "revision": "abc123", "goversion": "go1.26.8"}; !reflect.DeepEqual(labels, want) {
+		t.Errorf("tcpproxy_build_info labels = %v, want %v", labels, want)
 	}
 }
 

@@ -32,7 +32,9 @@ type Listener struct {
 // Reloads counts config reloads since start.
 type Reloads struct {
 	Success, Failure int64
-	LastSuccess      time.Time // zero until the first successful load
+	// LastSuccess is the time of the last successful load: the one at
+	// start until a reload succeeds. Zero only before the first load.
+	LastSuccess time.Time
 }
 
 // App is one app's state. Counts are since the process started.
@@ -52,7 +54,26 @@ type App struct {
 	BytesToTarget  int64     `json:"bytes_to_target"`
 	BytesToClient  int64     `json:"bytes_to_client"`
 	Duration       Histogram `json:"-"`
-	Targets        []Target  `json:"targets"`
+	// MaxConnections is the app's max_connections; 0 is unlimited.
+	MaxConnections int `json:"max_connections"`
+	// HealthChecks describes the app's health checking for people, e.g.
+	// "passive (max_fails 1, fail_timeout 10s)"; "off" when there is none.
+	HealthChecks string `json:"health_checks"`
+	// Rates are per-second rates over the last RateWindow; a Snapshot
+	// leaves them zero and the admin server fills them in.
+	Rates   Rates    `json:"rates"`
+	Targets []Target `json:"targets"`
+}
+
+// RateWindow is the span the admin server's rates are taken over.
+const RateWindow = 10 * time.Second
+
+// Rates are an app's rates per second over the last RateWindow (or since
+// the first sample, when the server is younger than that).
+type Rates struct {
+	Connections   float64 `json:"connections_per_second"`
+	BytesToTarget float64 `json:"bytes_to_target_per_second"` // of connections that ended
+	BytesToClient float64 `json:"bytes_to_client_per_second"` // of connections that ended
 }
 
 // Target is one target's state within an app.
@@ -67,6 +88,14 @@ type Target struct {
 	Failures    int64      `json:"failures"` // failed dials
 	LastError   string     `json:"last_error"`
 	LastErrorAt *time.Time `json:"last_error_at"` // RFC 3339; null when none
+	// Drain is whether an operator drained the target through the admin
+	// API: it takes no new connections, like weight 0.
+	Drain bool `json:"drain"`
+	// DownBy says what marked the target down: "passive" (failed dials)
+	// or "active" (failed health checks); "" while up.
+	DownBy string `json:"down_by"`
+	// DownSince is when it was marked down; null while up.
+	DownSince *time.Time `json:"down_since"`
 }
 
 // DurationBuckets are the upper bounds, in seconds, of the connection
