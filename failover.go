@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -73,14 +74,12 @@ type appStats struct {
 }
 
 // newFailoverTarget builds the Target of app. ctx bounds every dial. If
-// prev, the app's previous generation, is given, its counters and the
-// health of the targets that stay are carried over.
+// prev, the app's previous generation, is given, its counters, its
+// balancer (when the strategy and targets are the same, so a round_robin
+// cycle goes on) and the health of the targets that stay are carried
+// over. Nothing shared with prev changes until commit.
 func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, conns *connSet, prev *failoverTarget) (*failoverTarget, error) {
-	peers := make([]balance.Peer, len(app.Targets))
-	for i, t := range app.Targets {
-		peers[i] = balance.Peer{Name: t.Address, Weight: t.Weight, Backup: t.Backup}
-	}
-	pool, err := balance.New(app.Balance, peers)
+	pool, err := poolFor(app, prev)
 	if err != nil {
 		return nil, fmt.Errorf("app %q: %w", app.Name, err)
 	}
@@ -102,17 +101,40 @@ func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, co
 			old[t.Address] = prev.targets[i]
 		}
 	}
-	policy := health.Policy{MaxFails: app.MaxFails, FailTimeout: app.FailTimeout}
 	for _, t := range app.Targets {
 		ts := old[t.Address]
-		if ts != nil {
-			ts.health.SetPolicy(policy)
-		} else {
-			ts = &targetState{health: health.NewTarget(t.Address, policy, ft.log)}
+		if ts == nil {
+			ts = &targetState{health: health.NewTarget(t.Address, ft.policy(), ft.log)}
 		}
 		ft.targets = append(ft.targets, ts)
 	}
 	return ft, nil
+}
+
+// policy is the app's passive health policy.
+func (ft *failoverTarget) policy() health.Policy {
+	return health.Policy{MaxFails: ft.app.MaxFails, FailTimeout: ft.app.FailTimeout}
+}
+
+// commit makes ft's settings those of the targets it shares with the
+// previous generation, once the config ft belongs to is in force.
+func (ft *failoverTarget) commit() {
+	for _, ts := range ft.targets {
+		ts.health.SetPolicy(ft.policy())
+	}
+}
+
+// poolFor returns the balancer of app: prev's when the strategy and the
+// targets (addresses, weights, roles) are unchanged, else a new one.
+func poolFor(app *appConfig, prev *failoverTarget) (*balance.Pool, error) {
+	if prev != nil && prev.app.Balance == app.Balance && slices.Equal(prev.app.Targets, app.Targets) {
+		return prev.pool, nil
+	}
+	peers := make([]balance.Peer, len(app.Targets))
+	for i, t := range app.Targets {
+		peers[i] = balance.Peer{Name: t.Address, Weight: t.Weight, Backup: t.Backup}
+	}
+	return balance.New(app.Balance, peers)
 }
 
 // healthTargets returns the health of each target, in config order.

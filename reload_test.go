@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -285,5 +287,132 @@ func TestBinaryWatch(t *testing.T) {
 				return readLine(t, dialProxy(t, port)) == tt.answers
 			})
 		})
+	}
+}
+
+// binaryStatus fetches /status from a binary's admin address.
+func binaryStatus(t *testing.T, admin string) map[string]any {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// statusTarget returns target addr of app from a /status document.
+func statusTarget(t *testing.T, st map[string]any, app, addr string) map[string]any {
+	t.Helper()
+	for _, a := range st["apps"].([]any) {
+		am := a.(map[string]any)
+		if am["name"] != app {
+			continue
+		}
+		for _, tg := range am["targets"].([]any) {
+			if tm := tg.(map[string]any); tm["address"] == addr {
+				return tm
+			}
+		}
+	}
+	t.Fatalf("no target %s of app %s in /status", addr, app)
+	return nil
+}
+
+// reloadBinary sends SIGHUP and waits for the n-th reload outcome line.
+func reloadBinary(t *testing.T, proc *os.Process, out *syncBuffer, n int) {
+	t.Helper()
+	proc.Signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, fmt.Sprintf("reload %d", n), func() bool {
+		return strings.Count(out.String(), `msg="config reloaded"`)+strings.Count(out.String(), `msg="config reload failed`) >= n
+	})
+}
+
+// TestBinaryReloadKeepsRoundRobinCycle: a reload that keeps an app's
+// targets and strategy keeps its round_robin cycle (#16 item 10).
+func TestBinaryReloadKeepsRoundRobinCycle(t *testing.T) {
+	var targets []string
+	for _, n := range []string{"a", "b", "c"} {
+		targets = append(targets, startBackend(t, namedHandler(n)).addr)
+	}
+	port := freePort(t)
+	path := writeConfig(t, "apps:\n"+appYAML("rr", []int{port}, targets, "balance: round_robin"))
+	proc, out := startBinary(t, port, "-c", path)
+	seen := map[string]int{}
+	for i := 1; i <= 12; i++ {
+		reloadBinary(t, proc, out, i) // the same file every time
+		seen[readLine(t, dialProxy(t, port))]++
+	}
+	if seen["a"] != 4 || seen["b"] != 4 || seen["c"] != 4 {
+		t.Fatalf("12 connections, each after a reload: %v, want 4 each", seen)
+	}
+}
+
+// TestBinaryFailedReloadChangesNothing: a reload that fails (a new port
+// is taken) leaves the running health policy as it was (#16 item 7).
+func TestBinaryFailedReloadChangesNothing(t *testing.T) {
+	live := startBackend(t, namedHandler("live"))
+	dead := deadAddr(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	port, admin := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := func(maxFails string, ports ...int) string {
+		return "admin: " + admin + "\napps:\n" + appYAML("web", ports, []string{dead, live.addr}, "balance: round_robin\nmax_fails: "+maxFails)
+	}
+	path := writeConfig(t, cfg("3", port))
+	proc, out := startBinary(t, port, "-c", path)
+	os.WriteFile(path, []byte(cfg("1", port, taken.Addr().(*net.TCPAddr).Port)), 0o644)
+	reloadBinary(t, proc, out, 1)
+	if !strings.Contains(out.String(), "config reload failed") {
+		t.Fatalf("the reload did not fail:\n%s", out)
+	}
+	// Connect until the dead target has failed a dial after the reload
+	// (round robin alternates; the live target answers each client).
+	// Under max_fails 3 two failed dials leave it up; under the failed
+	// reload's max_fails 1 it would be down.
+	dials := func() float64 { return statusTarget(t, binaryStatus(t, admin), "web", dead)["dials"].(float64) }
+	before := dials()
+	for i := 0; i < 4 && dials() == before; i++ {
+		if got := readLine(t, dialProxy(t, port)); got != "live" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	tg := statusTarget(t, binaryStatus(t, admin), "web", dead)
+	if tg["dials"].(float64) != 2 || tg["up"] != true {
+		t.Fatalf("dead target after 2 failed dials: %v; max_fails 1 of the failed reload took effect", tg)
+	}
+}
+
+// TestBinaryReloadKeepsCheckState: a reload that changes an app's target
+// list restarts its checker, and a target the checks marked down stays
+// down without a trial connection (#16 item 11).
+func TestBinaryReloadKeepsCheckState(t *testing.T) {
+	a, b := startBackend(t, namedHandler("a")), startBackend(t, namedHandler("b"))
+	dead := deadAddr(t)
+	port, admin := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := func(targets ...string) string {
+		return "admin: " + admin + "\napps:\n" + appYAML("web", []int{port}, targets, "balance: round_robin\nhealth_check: {interval: 100ms, timeout: 100ms, fall: 1, rise: 1}")
+	}
+	path := writeConfig(t, cfg(dead, a.addr))
+	proc, out := startBinary(t, port, "-c", path)
+	waitFor(t, 10*time.Second, "the checks to mark the dead target down", func() bool {
+		return statusTarget(t, binaryStatus(t, admin), "web", dead)["down_by"] == "active"
+	})
+	before := statusTarget(t, binaryStatus(t, admin), "web", dead)["dials"].(float64)
+	os.WriteFile(path, []byte(cfg(dead, a.addr, b.addr)), 0o644)
+	reloadBinary(t, proc, out, 1)
+	for i := 0; i < 12; i++ {
+		readLine(t, dialProxy(t, port))
+	}
+	tg := statusTarget(t, binaryStatus(t, admin), "web", dead)
+	if tg["dials"].(float64) != before || tg["down_by"] != "active" {
+		t.Fatalf("dead target after the reload: %v (client dials before it: %v); want no new client dial, still down by the checks", tg, before)
 	}
 }

@@ -130,6 +130,9 @@ func (s *proxyServer) apply(cfg *config) (reloadSummary, error) {
 		return reloadSummary{}, err
 	}
 	s.commitRoutes(tables, opened, &sum)
+	for _, ft := range gen {
+		ft.commit()
+	}
 	s.apps = apps
 	s.current.Store(&gen)
 	s.cfg = cfg
@@ -261,8 +264,11 @@ func (s *proxyServer) releaseConflicting(addr string, keep map[string]*routeTabl
 
 // restartChecks starts, keeps or stops each app's active health checks
 // to match the current config. Checks of an app whose health_check did
-// not change keep running.
+// not change keep running. A target whose checks stopped for good goes
+// back to passive health; one still checked by a restarted checker keeps
+// what the checks found (a target they marked down gets no trial).
 func (s *proxyServer) restartChecks() {
+	var stopped []*health.Target
 	for name, c := range s.checks {
 		ft := s.apps[name]
 		if ft != nil && ft.app.HealthCheck != nil && *ft.app.HealthCheck == c.cfg && slices.Equal(c.targets, ft.healthTargets()) {
@@ -270,22 +276,38 @@ func (s *proxyServer) restartChecks() {
 		}
 		c.cancel()
 		c.wait()
+		stopped = append(stopped, c.targets...)
 		delete(s.checks, name)
 	}
 	for name, ft := range s.apps {
-		hc := ft.app.HealthCheck
-		if hc == nil || s.checks[name] != nil {
-			continue
+		if hc := ft.app.HealthCheck; hc != nil && s.checks[name] == nil {
+			s.checks[name] = s.startChecks(ft, hc)
 		}
-		ctx, cancel := context.WithCancel(s.ctx)
-		check := health.Check{Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall}
-		targets := ft.healthTargets()
-		s.checks[name] = &checker{
-			cfg:     *hc,
-			targets: targets,
-			cancel:  cancel,
-			wait:    health.RunChecks(ctx, check, targets, nil),
+	}
+	checked := map[*health.Target]bool{}
+	for _, c := range s.checks {
+		for _, t := range c.targets {
+			checked[t] = true
 		}
+	}
+	now := time.Now()
+	for _, t := range stopped {
+		if !checked[t] {
+			t.ReleaseActive(now)
+		}
+	}
+}
+
+// startChecks starts the active health checks of ft's targets.
+func (s *proxyServer) startChecks(ft *failoverTarget, hc *healthCheckConfig) *checker {
+	ctx, cancel := context.WithCancel(s.ctx)
+	check := health.Check{Interval: hc.Interval, Timeout: hc.Timeout, Rise: hc.Rise, Fall: hc.Fall}
+	targets := ft.healthTargets()
+	return &checker{
+		cfg:     *hc,
+		targets: targets,
+		cancel:  cancel,
+		wait:    health.RunChecks(ctx, check, targets, nil),
 	}
 }
 

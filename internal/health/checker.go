@@ -89,7 +89,6 @@ type prober struct {
 }
 
 func (p prober) run(ctx context.Context) {
-	defer func() { p.target.releaseActive(time.Now()) }()
 
 	// A random first delay spreads the probes of targets started together
 	// over a whole interval.

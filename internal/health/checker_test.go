@@ -175,6 +175,9 @@ func TestRunChecksStopsAllGoroutines(t *testing.T) {
 	}
 }
 
+// TestStoppedChecksReleaseTarget: stopping RunChecks keeps what the
+// checks found (a restarted checker takes over from there); the owner's
+// ReleaseActive hands the target back to passive health.
 func TestStoppedChecksReleaseTarget(t *testing.T) {
 	tg := NewTarget("127.0.0.1:1", Policy{FailTimeout: time.Hour}, nil)
 	refuse := func(context.Context, string) error { return errRefused }
@@ -190,8 +193,12 @@ func TestStoppedChecksReleaseTarget(t *testing.T) {
 	if tg.Up() {
 		t.Fatal("stopping checks marked the target up")
 	}
+	if tg.Acquire(time.Now(), false) {
+		t.Fatal("a trial as soon as the checks stopped: a restart would lose what they found")
+	}
+	tg.ReleaseActive(time.Now())
 	if !tg.Acquire(time.Now(), false) {
-		t.Fatal("no trial once the checks stopped: the target is wedged")
+		t.Fatal("no trial once released: the target is wedged")
 	}
 	if _, err := tg.LastError(); !errors.Is(err, errRefused) {
 		t.Fatalf("LastError() = %v, want it to wrap %v", err, errRefused)

@@ -232,10 +232,13 @@ func (t *Target) ProbeResult(now time.Time, c Check, err error) {
 	}
 }
 
-// releaseActive hands a target downed by active checks back to the passive
-// logic, with a trial allowed at once. Called when its checker stops, so
-// that disabling checks cannot leave a target down forever.
-func (t *Target) releaseActive(now time.Time) {
+// ReleaseActive hands a target downed by active checks back to the
+// passive logic, with a trial allowed at once. The owner of the checks
+// calls it when no checker will probe t any more (its app dropped
+// health_check, or t left the app), so that disabling checks cannot leave
+// a target down forever; a checker restarted with t still in it keeps t's
+// state, and stopping RunChecks alone releases nothing.
+func (t *Target) ReleaseActive(now time.Time) {
 	if t.status.Load() != statusDownActive {
 		return
 	}

@@ -307,7 +307,7 @@ func TestProbeResult(t *testing.T) {
 	t.Run("released when checks stop", func(t *testing.T) {
 		tg := NewTarget("10.0.0.1:80", Policy{FailTimeout: ft}, nil)
 		probe(tg, false, 3)
-		tg.releaseActive(t0)
+		tg.ReleaseActive(t0)
 		if !tg.Acquire(t0, false) {
 			t.Fatal("no trial after the checker released the target")
 		}
