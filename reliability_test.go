@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 func TestPanicInConnectionIsContained(t *testing.T) {
@@ -236,25 +241,45 @@ func ulimitBinary(t *testing.T, nofile int, args ...string) (*exec.Cmd, *syncBuf
 	return cmd, startCmd(t, cmd)
 }
 
-// TestBinaryOutOfDescriptors runs the proxy with a low open-files
-// limit, exhausts it with idle clients, and checks that accept errors
-// are logged at most once a second and that the proxy serves again as
-// soon as descriptors free up.
+// TestBinaryOutOfDescriptors runs the proxy with idle clients, takes
+// away every free descriptor, and checks that accept errors are logged
+// at most once a second and that the proxy serves again, the client
+// that waited included, as soon as descriptors free up.
+//
+// The limit is lowered to exactly what the proxy holds: with a fixed
+// ulimit and a flood of clients, whether accept ever failed depended on
+// the parity of the descriptors in use (at one below the limit, a client
+// is accepted, its dial fails and it is closed again before the next
+// accept), so the test failed 5 runs in 30 under -race.
 func TestBinaryOutOfDescriptors(t *testing.T) {
 	be := startBackend(t, echoHandler)
 	port := freePort(t)
 	path := writeConfig(t, "apps:\n"+appYAML("tight", []int{port}, []string{be.addr}, ""))
-	_, out := ulimitBinary(t, 100, "-c", path)
+	cmd, out := runBinary(t, "-c", path)
+	pid := cmd.Process.Pid
 	waitListening(t, port)
-	// 100 descriptors: about 45 relayed connections fill them.
-	var idle []net.Conn
-	for i := 0; i < 80; i++ {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			t.Fatal(err)
+	defer func() {
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", out)
 		}
-		idle = append(idle, c)
+	}()
+	// waitListening's probe is relayed and closed first, so that the idle
+	// clients' sockets take the lowest numbers, below the limit set next.
+	waitFor(t, 10*time.Second, "the probe's relay to end", func() bool {
+		s, _ := procFDs(t, pid)
+		return be.accepted.Load() == 1 && be.open() == 0 && s == 1
+	})
+	const n = 10
+	var idle []net.Conn
+	for i := 0; i < n; i++ {
+		idle = append(idle, dialProxy(t, port))
 	}
+	waitFor(t, 10*time.Second, "every idle client to be relayed", func() bool {
+		s, _ := procFDs(t, pid)
+		return s == 2*n+1 // and the listener
+	})
+	fillDescriptors(t, pid)
+	waiting := dialProxy(t, port) // in the accept queue: accept fails
 	waitFor(t, 10*time.Second, "accept to fail for lack of descriptors", func() bool {
 		return strings.Contains(out.String(), "accept failed, backing off")
 	})
@@ -267,18 +292,66 @@ func TestBinaryOutOfDescriptors(t *testing.T) {
 	for _, c := range idle {
 		c.Close()
 	}
-	// Served again once the descriptors are free.
-	waitFor(t, 10*time.Second, "the proxy to serve again", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	// Served again once the descriptors are free: the client that waited
+	// in the accept queue first, then new ones.
+	waiting.Write([]byte("waited\n"))
+	if got := readLine(t, waiting); got != "waited" {
+		t.Fatalf("the client that waited for a descriptor: %q", got)
+	}
+	c := dialProxy(t, port)
+	c.Write([]byte("new\n"))
+	if got := readLine(t, c); got != "new" {
+		t.Fatalf("new client: %q", got)
+	}
+}
+
+// fillDescriptors lowers process pid's open-files limit to its lowest
+// free descriptor number, so that its next accept or socket fails with
+// EMFILE while every descriptor it holds stays open; a socket it closes
+// later frees a number below the limit. The process must be quiet
+// meanwhile.
+func fillDescriptors(t *testing.T, pid int) {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[int]string{}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
 		if err != nil {
-			return false
+			t.Fatal(err)
 		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(time.Second))
-		c.Write([]byte("x"))
-		_, err = io.ReadFull(c, make([]byte, 1))
-		return err == nil
-	})
+		used[fd], _ = os.Readlink(filepath.Join(dir, e.Name()))
+	}
+	free := 0
+	for used[free] != "" {
+		free++
+	}
+	for fd, what := range used {
+		if fd > free && strings.HasPrefix(what, "socket:") {
+			t.Fatalf("socket %d is above the lowest free descriptor %d: closing it would not free one below the limit: %v", fd, free, used)
+		}
+	}
+	var lim syscall.Rlimit
+	if err := prlimit(pid, syscall.RLIMIT_NOFILE, nil, &lim); err != nil {
+		t.Fatal(err)
+	}
+	lim.Cur = uint64(free)
+	if err := prlimit(pid, syscall.RLIMIT_NOFILE, &lim, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// prlimit is prlimit(2), which package syscall does not export.
+func prlimit(pid, resource int, newLim, old *syscall.Rlimit) error {
+	_, _, errno := syscall.RawSyscall6(syscall.SYS_PRLIMIT64, uintptr(pid), uintptr(resource),
+		uintptr(unsafe.Pointer(newLim)), uintptr(unsafe.Pointer(old)), 0, 0)
+	if errno != 0 {
+		return fmt.Errorf("prlimit(%d): %w", pid, errno)
+	}
+	return nil
 }
 
 // TestBinaryIdleClientsDoNotStarveNewOnes holds as many idle clients as
