@@ -258,11 +258,14 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 		c, err := ft.dialer.DialContext(ft.ctx, "tcp", addr)
 		if err != nil {
 			now = time.Now()
+			errs = multierror.Append(errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
+			if localResourceError(err) {
+				return nil // out of descriptors here: not the target's failure
+			}
 			ts.failures.Add(1)
 			if ft.app.MaxFails > 0 { // max_fails: 0 turns failure accounting off, as in nginx
 				ts.health.Failure(now, err)
 			}
-			errs = multierror.Append(errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
 			return nil
 		}
 		ts.health.Success()

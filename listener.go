@@ -60,7 +60,13 @@ func (l *retryListener) Accept() (net.Conn, error) {
 
 // temporaryAcceptError reports whether an accept error passes by itself.
 func temporaryAcceptError(err error) bool {
-	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EPROTO} {
+	return localResourceError(err) || errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPROTO)
+}
+
+// localResourceError reports whether err is this process or host running
+// out of descriptors or memory: nothing a peer did, and it passes.
+func localResourceError(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM} {
 		if errors.Is(err, e) {
 			return true
 		}

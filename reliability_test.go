@@ -452,3 +452,47 @@ func TestIdleTimeoutStalledReaderReset(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "the access log line", func() bool { return strings.Contains(logs.String(), `result="idle timeout"`) })
 }
+
+// TestBinaryOutOfDescriptorsBlamesNoTarget: when the proxy itself runs out
+// of descriptors between accepting a client and dialing its target, the
+// failed dial is not counted against the targets: none is marked down.
+func TestBinaryOutOfDescriptorsBlamesNoTarget(t *testing.T) {
+	a, b := startBackend(t, echoHandler), startBackend(t, echoHandler)
+	port, admin := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	path := writeConfig(t, "admin: "+admin+"\napps:\n"+appYAML("tight", []int{port}, []string{a.addr, b.addr}, "max_fails: 1"))
+	cmd, out := runBinary(t, "-c", path)
+	pid := cmd.Process.Pid
+	waitListening(t, port)
+	waitFor(t, 10*time.Second, "the probe's relay to end", func() bool {
+		return a.accepted.Load()+b.accepted.Load() == 1 && a.open()+b.open() == 0
+	})
+	fillDescriptors(t, pid)
+	var lim syscall.Rlimit
+	if err := prlimit(pid, syscall.RLIMIT_NOFILE, nil, &lim); err != nil {
+		t.Fatal(err)
+	}
+	limited := lim
+	limited.Cur++ // room for the accepted client, none for the dial
+	if err := prlimit(pid, syscall.RLIMIT_NOFILE, &limited, nil); err != nil {
+		t.Fatal(err)
+	}
+	c := dialProxy(t, port)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(c); len(b) != 0 {
+		t.Fatalf("read %q, %v; want the client closed", b, err)
+	}
+	waitFor(t, 5*time.Second, "the failed dials to be logged", func() bool { return strings.Contains(out.String(), "too many open files") })
+	lim.Cur += 64
+	if err := prlimit(pid, syscall.RLIMIT_NOFILE, &lim, nil); err != nil {
+		t.Fatal(err)
+	}
+	st := binaryStatus(t, admin)
+	for _, addr := range []string{a.addr, b.addr} {
+		if tg := statusTarget(t, st, "tight", addr); tg["up"] != true || tg["failures"].(float64) != 0 {
+			t.Errorf("target %s after the proxy ran out of descriptors: %v; want up, no failure counted", addr, tg)
+		}
+	}
+	if strings.Contains(out.String(), `msg="target down"`) {
+		t.Errorf("a target was marked down:\n%s", out)
+	}
+}
