@@ -188,6 +188,7 @@ type daemon struct {
 	srv             *proxyServer
 	admin           *admin.Server
 	adminLn         net.Listener
+	pprofLn         net.Listener // -pprof's socket, handed over on upgrade like the others
 	shutdownTimeout time.Duration
 	shutdownDelay   time.Duration
 	adminToken      atomic.Pointer[string] // admin_token of the running config
@@ -235,13 +236,14 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	var pprofLn net.Listener
 	if opts.pprofAddr != "" {
-		if err := servePprof(opts.pprofAddr, log); err != nil {
+		if pprofLn, err = servePprof(opts.pprofAddr, inherited.Listener(pprofKey(opts.pprofAddr)), log); err != nil {
 			log.Error("cannot start", "err", err)
 			return 1
 		}
 	}
-	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay}
+	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay, pprofLn: pprofLn}
 	d.adminToken.Store(&cfg.AdminToken)
 	if d.srv, err = startProxyServer(cfg, log, listenFunc(cfg.ReusePort, inherited.Listener)); err != nil {
 		log.Error("cannot start", "err", err)
@@ -277,7 +279,12 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 			case syscall.SIGHUP:
 				d.reload()
 			case syscall.SIGUSR2:
-				if d.upgrade() {
+				upgraded := d.upgrade()
+				if sig, ok := d.pendingStop(sigc); ok {
+					log.Info("stop signal during the upgrade: draining", "signal", sig.String(), "upgraded", upgraded)
+					reason = sig.String()
+				}
+				if upgraded {
 					reason = "upgraded"
 				}
 			default:
@@ -329,12 +336,15 @@ func checkNoFileLimit(cfg *config, log *slog.Logger) error {
 	return nil
 }
 
-// servePprof serves the runtime profiles on addr, on a mux of its own so
-// that they never appear on the admin address by accident.
-func servePprof(addr string, log *slog.Logger) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("pprof: listen on %s: %w", addr, unwrapOpError(err))
+// servePprof serves the runtime profiles on addr (on ln if the process
+// this one upgraded handed its socket over), on a mux of its own so that
+// they never appear on the admin address by accident.
+func servePprof(addr string, ln net.Listener, log *slog.Logger) (net.Listener, error) {
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", addr); err != nil {
+			return nil, fmt.Errorf("pprof: listen on %s: %w", addr, unwrapOpError(err))
+		}
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -344,8 +354,12 @@ func servePprof(addr string, log *slog.Logger) error {
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	go http.Serve(ln, mux)
 	log.Info("pprof listening", "addr", ln.Addr().String())
-	return nil
+	return ln, nil
 }
+
+// pprofKey names the -pprof listener among the sockets an upgrade hands
+// over.
+func pprofKey(addr string) string { return "pprof " + addr }
 
 func newLogger(w io.Writer, format string) *slog.Logger {
 	if format == "json" {

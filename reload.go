@@ -88,6 +88,9 @@ func (d *daemon) upgrade() bool {
 	if tl, ok := d.adminLn.(*net.TCPListener); ok {
 		lns[adminKey(d.startCfg.Admin)] = tl
 	}
+	if tl, ok := d.pprofLn.(*net.TCPListener); ok {
+		lns[pprofKey(d.opts.pprofAddr)] = tl
+	}
 	d.log.Info("upgrade: starting the new binary", "listeners", len(lns))
 	proc, err := upgrade.Start(context.Background(), lns, upgradeTimeout)
 	if err != nil {

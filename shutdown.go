@@ -34,14 +34,62 @@ func (d *daemon) stop(reason string, sigc <-chan os.Signal) {
 			}
 		}
 	}()
-	if d.admin != nil {
-		d.admin.Shutdown(ctx)
+	if reason == "upgraded" {
+		// The new process serves the admin and pprof sockets now;
+		// answering there too, with this process's 503, would make
+		// readiness flap.
+		if d.admin != nil {
+			go d.admin.Shutdown(context.Background())
+		}
+		if d.pprofLn != nil {
+			d.pprofLn.Close()
+		}
 	}
+	// The listeners close first, and the admin server stays up while the
+	// connections drain (/readyz 503, /healthz and /metrics as usual): its
+	// own shutdown never spends the drain's budget.
 	drained, cut := d.srv.shutdown(ctx)
+	d.stopAdmin()
 	if d.opts.pidFile != "" {
 		upgrade.RemovePIDFile(d.opts.pidFile) // unless the new process wrote its own
 	}
 	d.log.Info("stopped", "drained", drained, "cut", cut)
+}
+
+// adminShutdownTimeout bounds how long the admin server's last requests
+// (a scrape, a probe) may take once the connections have drained.
+const adminShutdownTimeout = time.Second
+
+// stopAdmin shuts the admin server down, if there is one, after the
+// drain: in-flight requests get adminShutdownTimeout; the process exits
+// next, which ends any still open.
+func (d *daemon) stopAdmin() {
+	if d.admin == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), adminShutdownTimeout)
+	defer cancel()
+	d.admin.Shutdown(ctx)
+}
+
+// pendingStop reads the signals that arrived while the loop was busy (an
+// upgrade can take a minute) and reports the first SIGTERM or SIGINT
+// among them: it is the first stop signal, to drain for, not the second
+// that cuts. Other signals that arrived meanwhile are logged and dropped.
+func (d *daemon) pendingStop(sigc <-chan os.Signal) (os.Signal, bool) {
+	var stop os.Signal
+	for {
+		select {
+		case sig := <-sigc:
+			if (sig == syscall.SIGTERM || sig == syscall.SIGINT) && stop == nil {
+				stop = sig
+			} else if stop == nil {
+				d.log.Warn("signal ignored: it arrived during an upgrade", "signal", sig.String())
+			}
+		default:
+			return stop, stop != nil
+		}
+	}
 }
 
 // lameDuck is the first phase of a drain on SIGTERM/SIGINT (HAProxy's

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -160,4 +162,108 @@ func processGone(pid int) bool {
 	}
 	f := strings.Fields(string(b))
 	return len(f) > 2 && f[2] == "Z"
+}
+
+// stoppedWithoutCut matches the last line of a drain that cut nothing.
+var stoppedWithoutCut = regexp.MustCompile(`msg=stopped drained=[1-9][0-9]* cut=0`)
+
+// heldEcho opens a proxied echo connection and checks it works.
+func heldEcho(t *testing.T, port int, msg string) net.Conn {
+	t.Helper()
+	c := dialProxy(t, port)
+	c.Write([]byte(msg + "\n"))
+	if got := readLine(t, c); got != msg {
+		t.Fatalf("echo %q: %q", msg, got)
+	}
+	return c
+}
+
+// httpStatus returns the status code of GET url, or 0 if it failed.
+func httpStatus(url string) int {
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestBinaryDrainOrder: on SIGTERM the listeners close at once, even with
+// an admin connection that never sends its request, and the admin server
+// answers while connections drain: /readyz 503, /healthz 200, /metrics
+// (#16 item 3, #10 item 3).
+func TestBinaryDrainOrder(t *testing.T) {
+	be := startBackend(t, echoHandler)
+	port, admin := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	path := writeConfig(t, "admin: "+admin+"\nshutdown_timeout: 30s\napps:\n"+appYAML("web", []int{port}, []string{be.addr}, ""))
+	proc, out := startBinary(t, port, "-c", path)
+	held := heldEcho(t, port, "before")
+	stalled, err := net.Dial("tcp", admin) // sends nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	proc.Signal(syscall.SIGTERM)
+	waitFor(t, 2*time.Second, "the listeners to close", func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+		}
+		return isRefused(err)
+	})
+	for path, want := range map[string]int{"/readyz": 503, "/healthz": 200, "/metrics": 200} {
+		if got := httpStatus("http://" + admin + path); got != want {
+			t.Errorf("%s while draining: %d, want %d", path, got, want)
+		}
+	}
+	held.Write([]byte("during\n"))
+	if got := readLine(t, held); got != "during" {
+		t.Fatalf("held connection while draining: %q", got)
+	}
+	held.Close()
+	defer func() {
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", out)
+		}
+	}()
+	waitFor(t, 10*time.Second, "the process to stop", func() bool { return stoppedWithoutCut.MatchString(out.String()) })
+}
+
+// TestBinaryTermDuringUpgrade: a SIGTERM that arrives while an upgrade
+// runs is the first stop signal, not a second: the old process drains its
+// connections instead of cutting them (#16 item 4). -pprof is on, and its
+// socket is handed over like the others (#16 item 6).
+func TestBinaryTermDuringUpgrade(t *testing.T) {
+	be := startBackend(t, echoHandler)
+	port, pprofAddr := freePort(t), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	pidFile := filepath.Join(t.TempDir(), "tcpproxy.pid")
+	path := writeConfig(t, "shutdown_timeout: 30s\napps:\n"+appYAML("web", []int{port}, []string{be.addr}, ""))
+	oldProc, out := startBinary(t, port, "-c", path, "-pid-file", pidFile, "-pprof", pprofAddr)
+	waitFor(t, 5*time.Second, "the pid file", func() bool { return readPIDFile(pidFile) == oldProc.Pid })
+	held := heldEcho(t, port, "before")
+	oldProc.Signal(syscall.SIGUSR2)
+	oldProc.Signal(syscall.SIGTERM) // while the new binary starts
+	waitFor(t, 30*time.Second, "the upgrade to finish", func() bool {
+		return strings.Contains(out.String(), "stop signal during the upgrade")
+	})
+	if pid := readPIDFile(pidFile); pid != oldProc.Pid && pid != 0 {
+		newProc, _ := os.FindProcess(pid)
+		t.Cleanup(func() { newProc.Signal(syscall.SIGKILL) })
+	}
+	if !strings.Contains(out.String(), "upgraded=true") {
+		t.Fatalf("the upgrade failed (with -pprof on):\n%s", out)
+	}
+	held.Write([]byte("after\n"))
+	if got := readLine(t, held); got != "after" {
+		t.Fatalf("held connection after SIGTERM during the upgrade: %q\n%s", got, out)
+	}
+	if got := httpStatus("http://" + pprofAddr + "/debug/pprof/"); got != 200 {
+		t.Errorf("pprof after the upgrade: %d", got)
+	}
+	held.Close()
+	waitFor(t, 10*time.Second, "the old process to stop", func() bool { return stoppedWithoutCut.MatchString(out.String()) })
+	if strings.Contains(out.String(), "second signal") {
+		t.Errorf("the SIGTERM was taken for a second signal:\n%s", out)
+	}
 }
