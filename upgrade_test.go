@@ -247,13 +247,17 @@ func TestBinaryTermDuringUpgrade(t *testing.T) {
 	waitFor(t, 30*time.Second, "the upgrade to finish", func() bool {
 		return strings.Contains(out.String(), "stop signal during the upgrade")
 	})
-	if pid := readPIDFile(pidFile); pid != oldProc.Pid && pid != 0 {
-		newProc, _ := os.FindProcess(pid)
-		t.Cleanup(func() { newProc.Signal(syscall.SIGKILL) })
-	}
 	if !strings.Contains(out.String(), "upgraded=true") {
 		t.Fatalf("the upgrade failed (with -pprof on):\n%s", out)
 	}
+	// The new process shares the test's output pipe: it must be gone
+	// before the old one's cleanup waits on that pipe.
+	waitFor(t, 10*time.Second, "the new process's pid file", func() bool {
+		pid := readPIDFile(pidFile)
+		return pid != oldProc.Pid && pid != 0
+	})
+	newProc, _ := os.FindProcess(readPIDFile(pidFile))
+	t.Cleanup(func() { newProc.Signal(syscall.SIGKILL) })
 	held.Write([]byte("after\n"))
 	if got := readLine(t, held); got != "after" {
 		t.Fatalf("held connection after SIGTERM during the upgrade: %q\n%s", got, out)
