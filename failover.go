@@ -68,7 +68,7 @@ type appStats struct {
 	bytesToTarget  atomic.Int64
 	bytesToClient  atomic.Int64
 	duration       stats.DurationRecorder
-	limitLogAt     atomic.Int64 // unix nanos of the last "max_connections reached" line
+	logs           appLogs // rate limits of the per-connection log lines
 }
 
 // newFailoverTarget builds the Target of app. ctx bounds every dial. If
@@ -176,7 +176,7 @@ func (s *session) connect() (*net.TCPConn, string) {
 	s.info.attempts = attempts
 	if err != nil {
 		ft.stats.failed.Add(1)
-		ft.log.Error("all targets failed", "client", s.info.client.String(), "err", err)
+		ft.stats.logs.allFailed.log(ft.log, slog.LevelError, "all targets failed", "client", s.info.client.String(), "err", err)
 		return nil, "all targets failed"
 	}
 	s.info.target = ft.app.Targets[i].Address
@@ -192,7 +192,7 @@ func (s *session) connect() (*net.TCPConn, string) {
 		}
 		var buf [128]byte
 		if _, err := target.Write(proxyproto.Append(buf[:0], v, s.info.client, dst)); err != nil {
-			ft.log.Error("write PROXY protocol header", "target", s.info.target, "err", err)
+			ft.stats.logs.targetWrite.log(ft.log, slog.LevelError, "write PROXY protocol header", "target", s.info.target, "err", err)
 			target.Close()
 			return nil, "target write failed"
 		}
@@ -334,15 +334,10 @@ func (ft *failoverTarget) allowed(ip netip.Addr) bool {
 	return false
 }
 
-// logLimit logs that max_connections turned a client away, at most once
-// a second so that a flood does not become a flood of log lines.
+// logLimit logs that max_connections turned a client away, rate-limited
+// (see logLimiter) so that a flood does not become a flood of log lines.
 func (ft *failoverTarget) logLimit() {
-	now := time.Now().UnixNano()
-	last := ft.stats.limitLogAt.Load()
-	if now-last < int64(time.Second) || !ft.stats.limitLogAt.CompareAndSwap(last, now) {
-		return
-	}
-	ft.log.Warn("max_connections reached, closing new clients", "max_connections", ft.app.MaxConnections, "rejected_total", ft.stats.rejectedLimit.Load())
+	ft.stats.logs.limit.log(ft.log, slog.LevelWarn, "max_connections reached, closing new clients", "max_connections", ft.app.MaxConnections, "rejected_total", ft.stats.rejectedLimit.Load())
 }
 
 // addrPort converts a TCP address; IPv4-mapped IPv6 stays as is.

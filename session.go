@@ -124,7 +124,7 @@ func (s *session) admit() string {
 	if ft.app.AcceptProxyProtocol {
 		h, err := s.proxyHeader()
 		if err != nil {
-			ft.log.Error("bad PROXY protocol header", "client", s.info.client.String(), "err", err)
+			st.logs.badHeader.log(ft.log, slog.LevelError, "bad PROXY protocol header", "client", s.info.client.String(), "err", err)
 			return "bad proxy header"
 		}
 		s.hdr = h
