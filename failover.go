@@ -149,14 +149,12 @@ func (ft *failoverTarget) HandleConn(c net.Conn) {
 		}
 	}()
 	if result := s.admit(); result != "" {
-		s.client.Close()
-		s.end(result)
+		s.turnAway(result)
 		return
 	}
 	target, result := s.connect()
 	if result != "" {
-		s.client.Close()
-		s.end(result)
+		s.turnAway(result)
 		return
 	}
 	if s.accepted != nil && !s.accepted.deadline.IsZero() {

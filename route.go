@@ -186,7 +186,7 @@ func (r *listenRoute) fallback(t *routeTable, c net.Conn) {
 // reject closes a connection that has nowhere to go, counts it, and logs
 // it, rate-limited (see logLimiter).
 func (r *listenRoute) reject(c net.Conn) {
-	defer c.Close()
+	defer closeTurnedAway(c)
 	ac, _ := tcpproxy.UnderlyingConn(c).(*acceptedConn)
 	reason, n := "no_match", &r.unrouted.noMatch
 	switch {

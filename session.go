@@ -215,6 +215,13 @@ func (s *session) relayed(client, target *relay.Conn, idle *relay.Idle, peeked i
 	s.end(result)
 }
 
+// turnAway closes a client that will not be relayed so that it sees EOF
+// (see lingerClose), and ends the session with result.
+func (s *session) turnAway(result string) {
+	lingerClose(s.client)
+	s.end(result)
+}
+
 // end releases what the connection held and writes its access-log line.
 func (s *session) end(result string) {
 	s.ended = true
