@@ -59,7 +59,7 @@ type targetState struct {
 // appStats are an app's counters since start, shared by every
 // generation of the app's failoverTarget.
 type appStats struct {
-	active         atomic.Int64 // connections being dialed or relayed
+	active         atomic.Int64 // connections admitted and not closed: from accept (from routing on a name-routed address), PROXY header wait included
 	accepted       atomic.Int64
 	rejectedLimit  atomic.Int64
 	rejectedDenied atomic.Int64
