@@ -32,6 +32,7 @@ func (d *daemon) reload() {
 			d.srv.reloads.lastSuccess.Store(time.Now().UnixNano())
 			d.shutdownTimeout = cfg.ShutdownTimeout
 			d.log.Info("config reloaded", sum.logAttrs()...)
+			cfg.logWarnings(d.log)
 			if cfg.Admin != d.startCfg.Admin || cfg.AdminPublic != d.startCfg.AdminPublic || cfg.ReusePort != d.startCfg.ReusePort {
 				d.log.Warn("admin, admin_public and reuse_port take effect on restart or upgrade, not on reload")
 			}

@@ -387,6 +387,7 @@ func logConfig(log *slog.Logger, cfg *config) {
 		}
 		log.Info("app", attrs...)
 	}
+	cfg.logWarnings(log)
 }
 
 // connSet tracks the open connections so that shutdown can wait for
