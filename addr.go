@@ -117,3 +117,63 @@ func targetKey(addr string) string {
 	}
 	return net.JoinHostPort(host, port)
 }
+
+// listenNetwork is the network to listen on addr with: "tcp4" for an
+// IPv4 address, "tcp6" for an IPv6 one (Go then sets IPV6_V6ONLY, so
+// "::" is IPv6 only), and "tcp" for an unset host (every interface, IPv4
+// and IPv6 on one dual-stack socket) or a host name. With "tcp", Go
+// would bind 0.0.0.0 dual-stack too, unlike HAProxy, nginx and a plain
+// socket, and unlike what an operator who wrote 0.0.0.0 expects.
+func listenNetwork(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return "tcp"
+	}
+	a, err := netip.ParseAddr(host)
+	switch {
+	case err != nil:
+		return "tcp"
+	case a.Unmap().Is4():
+		return "tcp4"
+	}
+	return "tcp6"
+}
+
+// listenConflict reports whether listening on hosts a and b (as
+// parseListenHost returns them) on one port clashes, as the kernel sees
+// it with the networks listenNetwork picks. An unset host (dual-stack)
+// clashes with everything; 0.0.0.0 with every IPv4 address and "::"
+// with every IPv6 one; an IPv4 and an IPv6 socket never clash (so
+// 0.0.0.0:P and [::]:P coexist); two addresses of one family clash when
+// they are the same (zones apart, but on link-local addresses, where two
+// zones are two interfaces). A host name is resolved only when the port opens,
+// so it is taken to clash with both wildcards and with itself, nothing
+// else. The library keys routes by the address string, so ":80" and
+// "0.0.0.0:80" would otherwise become two listeners fighting for a port.
+func listenConflict(a, b string) bool {
+	if a == "" || b == "" {
+		return true
+	}
+	ia, errA := netip.ParseAddr(a)
+	ib, errB := netip.ParseAddr(b)
+	switch {
+	case errA != nil && errB != nil:
+		return strings.EqualFold(strings.TrimSuffix(a, "."), strings.TrimSuffix(b, "."))
+	case errA != nil:
+		return ib.IsUnspecified()
+	case errB != nil:
+		return ia.IsUnspecified()
+	}
+	ia, ib = ia.Unmap(), ib.Unmap()
+	switch {
+	case ia.Is4() != ib.Is4():
+		return false
+	case ia.IsUnspecified() || ib.IsUnspecified():
+		return true
+	case ia.WithZone("") != ib.WithZone(""):
+		return false
+	}
+	// The same address. The kernel heeds a zone on a link-local address
+	// only, binding the socket to that interface.
+	return !ia.IsLinkLocalUnicast() || ia.Zone() == "" || ib.Zone() == "" || ia.Zone() == ib.Zone()
+}

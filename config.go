@@ -858,26 +858,6 @@ func checkHostPort(s string) error {
 	return nil
 }
 
-// listenConflict reports whether binding host a and host b on the same
-// port would clash. The wildcard hosts ("" and "::", dual-stack on
-// Linux) clash with everything, 0.0.0.0 with every IPv4 host. The
-// library keys routes by the address string, so ":80" and "0.0.0.0:80"
-// would otherwise become two listeners fighting for one socket.
-func listenConflict(a, b string) bool {
-	if a == b {
-		return true
-	}
-	wild := func(h string) bool { return h == "" || h == "::" }
-	if wild(a) || wild(b) {
-		return true
-	}
-	v4 := func(h string) bool { ip := net.ParseIP(h); return ip != nil && ip.To4() != nil }
-	if a == "0.0.0.0" && v4(b) || b == "0.0.0.0" && v4(a) {
-		return true
-	}
-	return false
-}
-
 // checkAdminAddr refuses an admin address that would expose the admin
 // server beyond this host, unless public says that is meant.
 func checkAdminAddr(addr string, public bool) error {

@@ -52,7 +52,7 @@ func (d *daemon) startAdmin(inherited *upgrade.Inherited) error {
 	ln := inherited.Listener(adminKey(addr))
 	if ln == nil {
 		var err error
-		if ln, err = net.Listen("tcp", addr); err != nil {
+		if ln, err = net.Listen(listenNetwork(addr), addr); err != nil {
 			return fmt.Errorf("admin: listen on %s: %w", addr, unwrapOpError(err))
 		}
 	}

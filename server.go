@@ -206,7 +206,7 @@ func (s *proxyServer) startRoute(addr string, t *routeTable, old *listenRoute) (
 			}
 			return newRetryListener(ln, log), nil
 		}
-		ln, err := s.listen("tcp", addr)
+		ln, err := s.listen(listenNetwork(addr), addr)
 		if err != nil {
 			return nil, fmt.Errorf("app %q: listen on %s: %w", t.owner, addr, unwrapOpError(err))
 		}
