@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,9 +31,13 @@ const (
 	defaultFailTimeout     = 10 * time.Second
 	defaultCheckInterval   = 5 * time.Second
 	defaultCheckTimeout    = time.Second
-	defaultCheckRise       = 2
-	defaultCheckFall       = 3
-	defaultHalfClose       = time.Minute
+	// minCheckInterval and minCheckTimeout are the shortest
+	// health_check.interval and health_check.timeout accepted.
+	minCheckInterval = 100 * time.Millisecond
+	minCheckTimeout  = 10 * time.Millisecond
+	defaultCheckRise = 2
+	defaultCheckFall = 3
+	defaultHalfClose = time.Minute
 	// defaultPrereadTimeout is nginx's preread_timeout default.
 	defaultPrereadTimeout = 5 * time.Second
 	maxWeight             = 1000
@@ -52,6 +58,28 @@ type config struct {
 	// AdminToken is the bearer token the admin API's non-GET requests
 	// need; "" (the default) refuses them all.
 	AdminToken string
+	// Warnings are what is valid but likely not what was meant (a CIDR
+	// with host bits set): -check prints them, the proxy logs them.
+	Warnings []configWarning
+}
+
+// configWarning is one warning about the config, at a line of its file.
+type configWarning struct {
+	Path string
+	Line int
+	Msg  string
+}
+
+// logWarnings logs the config's warnings, one line each, at warn.
+func (c *config) logWarnings(log *slog.Logger) {
+	for _, w := range c.Warnings {
+		log.Warn("config warning", "at", fmt.Sprintf("%s:%d", w.Path, w.Line), "warning", w.Msg)
+	}
+}
+
+// String is the warning as -check prints it: "path:line: warning: msg".
+func (w configWarning) String() string {
+	return fmt.Sprintf("%s:%d: warning: %s", w.Path, w.Line, w.Msg)
 }
 
 // appConfig is one app: the ports it listens on and the targets it
@@ -294,6 +322,16 @@ type validator struct {
 	// node of each app's name, to blame for what concerns the whole app.
 	nameNodes map[*appConfig]map[string]*yaml.Node
 	appNodes  map[*appConfig]*yaml.Node
+	warnings  []configWarning
+}
+
+// warnf records a warning at node n.
+func (v *validator) warnf(n *yaml.Node, format string, args ...any) {
+	line := 0
+	if n != nil {
+		line = n.Line
+	}
+	v.warnings = append(v.warnings, configWarning{Path: v.path, Line: line, Msg: fmt.Sprintf(format, args...)})
 }
 
 var (
@@ -474,10 +512,10 @@ func (v *validator) validate(f *fileConfig) *config {
 			}
 			if err := checkHostPort(tf.Address); err != nil {
 				v.errorf(tn, "%s: target %q: %v", label, tf.Address, err)
-			} else if first, dup := seen[tf.Address]; dup {
+			} else if first, dup := seen[targetKey(tf.Address)]; dup {
 				v.errorf(tn, "%s: target %q listed twice (first at line %d; use weight: to send it more)", label, tf.Address, first)
 			} else {
-				seen[tf.Address] = tn.Line
+				seen[targetKey(tf.Address)] = tn.Line
 			}
 			t := targetConfig{Address: tf.Address, Weight: 1, Backup: tf.Backup}
 			if tf.Weight != nil {
@@ -491,7 +529,33 @@ func (v *validator) validate(f *fileConfig) *config {
 		cfg.Apps = append(cfg.Apps, app)
 	}
 	v.sharedAddresses(cfg.Apps)
+	v.adminClash(cfg)
+	cfg.Warnings = v.warnings
 	return cfg
+}
+
+// adminClash reports an admin address that is the same socket as an
+// app's listen address (or within one the kernel would refuse beside
+// it), which would fail the start with "address already in use".
+func (v *validator) adminClash(cfg *config) {
+	host, port, err := net.SplitHostPort(cfg.Admin)
+	if err != nil || checkPort(port) != nil {
+		return // reported already, or no admin
+	}
+	p, _ := strconv.Atoi(port)
+	for i, app := range cfg.Apps {
+		if slices.Contains(app.Ports, p) && listenConflict(host, app.Listen) {
+			pn := v.node("apps", i, "ports")
+			for _, item := range pn.Content {
+				if item.Value == port {
+					pn = item
+				}
+			}
+			v.errorf(v.node("admin"), "admin %q: the same socket as app %q's listen address %s (line %d)",
+				cfg.Admin, app.Name, net.JoinHostPort(app.Listen, port), pn.Line)
+			return
+		}
+	}
 }
 
 // sharedAddresses checks the apps that share a listen address by name:
@@ -556,10 +620,11 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 		FailTimeout:      defaultFailTimeout,
 	}
 	if o, n, ok := pick("listen", func(o *appOptions) bool { return o.Listen != nil }); ok {
-		app.Listen = strings.Trim(*o.Listen, "[]")
-		if app.Listen != "" && strings.ContainsAny(app.Listen, ": ") && net.ParseIP(app.Listen) == nil {
-			v.errorf(n, "%s: listen %q is not a host or IP address (ports go in ports:)", label, *o.Listen)
+		host, err := parseListenHost(*o.Listen)
+		if err != nil {
+			v.errorf(n, "%s: listen %q: %v", label, *o.Listen, err)
 		}
+		app.Listen = host
 	}
 	if o, n, ok := pick("dial_timeout", func(o *appOptions) bool { return o.DialTimeout != nil }); ok {
 		app.DialTimeout = v.durationAt(n, *o.DialTimeout, label+": dial_timeout", true)
@@ -675,14 +740,25 @@ func seqItem(n *yaml.Node, i int) *yaml.Node {
 	return n
 }
 
+// healthCheck resolves an app's health_check mapping. An interval under
+// minCheckInterval or a timeout under minCheckTimeout would burn CPU
+// and mark live targets down, and a timeout longer than the interval
+// makes no sense, so they are errors; a timeout left out is the default
+// or the interval, whichever is shorter.
 func (v *validator) healthCheck(f *healthCheckFile, n *yaml.Node, label string) *healthCheckConfig {
 	hc := &healthCheckConfig{Interval: defaultCheckInterval, Timeout: defaultCheckTimeout, Rise: defaultCheckRise, Fall: defaultCheckFall}
 	key := func(k string) *yaml.Node { return keyNode(n, k) }
 	if f.Interval != nil {
 		hc.Interval = v.durationAt(key("interval"), *f.Interval, label+": health_check.interval", true)
+		v.atLeast(key("interval"), hc.Interval, minCheckInterval, label+": health_check.interval")
 	}
+	hc.Timeout = min(hc.Timeout, hc.Interval)
 	if f.Timeout != nil {
 		hc.Timeout = v.durationAt(key("timeout"), *f.Timeout, label+": health_check.timeout", true)
+		v.atLeast(key("timeout"), hc.Timeout, minCheckTimeout, label+": health_check.timeout")
+		if hc.Timeout > hc.Interval && hc.Interval > 0 {
+			v.errorf(key("timeout"), "%s: health_check.timeout: %v is longer than health_check.interval (%v)", label, hc.Timeout, hc.Interval)
+		}
 	}
 	if f.Rise != nil {
 		if hc.Rise = *f.Rise; hc.Rise < 1 {
@@ -695,6 +771,14 @@ func (v *validator) healthCheck(f *healthCheckFile, n *yaml.Node, label string) 
 		}
 	}
 	return hc
+}
+
+// atLeast reports d, the value of the key at n, if it is positive but
+// below lo (zero and negative values are reported by durationAt).
+func (v *validator) atLeast(n *yaml.Node, d, lo time.Duration, label string) {
+	if d > 0 && d < lo {
+		v.errorf(n, "%s: %v is below the minimum of %v", label, d, lo)
+	}
 }
 
 // keyNode returns the value node of key in mapping n, or n itself.
@@ -718,6 +802,10 @@ func (v *validator) prefixes(list []string, n *yaml.Node, label string) []netip.
 		if err != nil {
 			v.errorf(en, "%s: %q is not an IP address or CIDR", label, s)
 			continue
+		}
+		if raw, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil && p.Addr() != raw.Addr() && p.Addr() != raw.Addr().Unmap() {
+			// As nginx says of "low address bits": 10.1.2.3/8 is 10.0.0.0/8.
+			v.warnf(en, "%s %q has host bits set: taken as %s", label, s, p)
 		}
 		out = append(out, p)
 	}
@@ -765,9 +853,9 @@ func (v *validator) durationAt(n *yaml.Node, s, label string, positive bool, neg
 	return d
 }
 
-// checkHostPort reports whether s is a dialable "host:port" with a
-// numeric port in 1..65535. The host may be a DNS name: it is resolved
-// at dial time, so a name that moves is followed.
+// checkHostPort reports whether s is a dialable "host:port" with a port
+// written as a plain decimal number in 1..65535. The host may be a DNS
+// name: it is resolved at dial time, so a name that moves is followed.
 func checkHostPort(s string) error {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
@@ -776,31 +864,13 @@ func checkHostPort(s string) error {
 	if host == "" {
 		return errors.New("missing host")
 	}
-	p, err := strconv.Atoi(port)
-	if err != nil || p < 1 || p > 65535 {
-		return fmt.Errorf("port %q outside 1..65535", port)
+	if err := checkPort(port); err != nil {
+		return err
+	}
+	if _, err := netip.ParseAddr(host); err != nil && checkHostName(host) != nil {
+		return fmt.Errorf("host %q is %s", host, notAnIP)
 	}
 	return nil
-}
-
-// listenConflict reports whether binding host a and host b on the same
-// port would clash. The wildcard hosts ("" and "::", dual-stack on
-// Linux) clash with everything, 0.0.0.0 with every IPv4 host. The
-// library keys routes by the address string, so ":80" and "0.0.0.0:80"
-// would otherwise become two listeners fighting for one socket.
-func listenConflict(a, b string) bool {
-	if a == b {
-		return true
-	}
-	wild := func(h string) bool { return h == "" || h == "::" }
-	if wild(a) || wild(b) {
-		return true
-	}
-	v4 := func(h string) bool { ip := net.ParseIP(h); return ip != nil && ip.To4() != nil }
-	if a == "0.0.0.0" && v4(b) || b == "0.0.0.0" && v4(a) {
-		return true
-	}
-	return false
 }
 
 // checkAdminAddr refuses an admin address that would expose the admin
@@ -810,8 +880,11 @@ func checkAdminAddr(addr string, public bool) error {
 	if err != nil {
 		return errors.New(`not "host:port"`)
 	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return fmt.Errorf("port %q outside 1..65535", port)
+	if err := checkPort(port); err != nil {
+		return err
+	}
+	if _, err := netip.ParseAddr(host); err != nil && host != "" && checkHostName(host) != nil {
+		return fmt.Errorf("host %q is %s", host, notAnIP)
 	}
 	if public {
 		return nil

@@ -211,7 +211,7 @@ func TestLoadConfigErrors(t *testing.T) {
 			[]string{`:6: app "a": target "a:1" listed twice (first at line 5`}},
 		{"admin without host", "admin: \":9090\"\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n", []string{`:1: admin ":9090": no host means every interface`}},
 		{"admin not loopback", "admin: 0.0.0.0:9090\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n", []string{`:1: admin "0.0.0.0:9090": not a loopback address: set admin_public: true`}},
-		{"admin bad port", "admin: 127.0.0.1:http\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n", []string{`:1: admin "127.0.0.1:http": port "http" outside 1..65535`}},
+		{"admin bad port", "admin: 127.0.0.1:http\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n", []string{`:1: admin "127.0.0.1:http": port "http" is not a plain decimal number`}},
 		{"operations keys", "defaults:\n  proxy_protocol: 3\n  keepalive: often\n  idle_timeout: -1s\n  access_log: yes please\n  accept_proxy_protocol: 1\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n",
 			[]string{`:2: app "a": proxy_protocol 3: must be 1, 2 or 0 (none)`, `:3: app "a": keepalive: "often" is not a duration`, `:4: app "a": idle_timeout: -1s must not be negative`,
 				`:5: "yes please" must be true or false`, `:6: "1" must be true or false`}},

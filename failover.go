@@ -61,7 +61,7 @@ type targetState struct {
 // appStats are an app's counters since start, shared by every
 // generation of the app's failoverTarget.
 type appStats struct {
-	active         atomic.Int64 // connections being dialed or relayed
+	active         atomic.Int64 // connections admitted and not closed: from accept (from routing on a name-routed address), PROXY header wait included
 	accepted       atomic.Int64
 	rejectedLimit  atomic.Int64
 	rejectedDenied atomic.Int64
@@ -70,7 +70,7 @@ type appStats struct {
 	bytesToTarget  atomic.Int64
 	bytesToClient  atomic.Int64
 	duration       stats.DurationRecorder
-	limitLogAt     atomic.Int64 // unix nanos of the last "max_connections reached" line
+	logs           appLogs // rate limits of the per-connection log lines
 }
 
 // newFailoverTarget builds the Target of app. ctx bounds every dial. If
@@ -174,14 +174,12 @@ func (ft *failoverTarget) HandleConn(c net.Conn) {
 		}
 	}()
 	if result := s.admit(); result != "" {
-		s.client.Close()
-		s.end(result)
+		s.turnAway(result)
 		return
 	}
 	target, result := s.connect()
 	if result != "" {
-		s.client.Close()
-		s.end(result)
+		s.turnAway(result)
 		return
 	}
 	if s.accepted != nil && !s.accepted.deadline.IsZero() {
@@ -201,7 +199,7 @@ func (s *session) connect() (*net.TCPConn, string) {
 	s.info.attempts = attempts
 	if err != nil {
 		ft.stats.failed.Add(1)
-		ft.log.Error("all targets failed", "client", s.info.client.String(), "err", err)
+		ft.stats.logs.allFailed.log(ft.log, slog.LevelError, "all targets failed", "client", s.info.client.String(), "err", err)
 		return nil, "all targets failed"
 	}
 	s.info.target = ft.app.Targets[i].Address
@@ -217,7 +215,7 @@ func (s *session) connect() (*net.TCPConn, string) {
 		}
 		var buf [128]byte
 		if _, err := target.Write(proxyproto.Append(buf[:0], v, s.info.client, dst)); err != nil {
-			ft.log.Error("write PROXY protocol header", "target", s.info.target, "err", err)
+			ft.stats.logs.targetWrite.log(ft.log, slog.LevelError, "write PROXY protocol header", "target", s.info.target, "err", err)
 			target.Close()
 			return nil, "target write failed"
 		}
@@ -366,15 +364,10 @@ func (ft *failoverTarget) allowed(ip netip.Addr) bool {
 	return false
 }
 
-// logLimit logs that max_connections turned a client away, at most once
-// a second so that a flood does not become a flood of log lines.
+// logLimit logs that max_connections turned a client away, rate-limited
+// (see logLimiter) so that a flood does not become a flood of log lines.
 func (ft *failoverTarget) logLimit() {
-	now := time.Now().UnixNano()
-	last := ft.stats.limitLogAt.Load()
-	if now-last < int64(time.Second) || !ft.stats.limitLogAt.CompareAndSwap(last, now) {
-		return
-	}
-	ft.log.Warn("max_connections reached, closing new clients", "max_connections", ft.app.MaxConnections, "rejected_total", ft.stats.rejectedLimit.Load())
+	ft.stats.logs.limit.log(ft.log, slog.LevelWarn, "max_connections reached, closing new clients", "max_connections", ft.app.MaxConnections, "rejected_total", ft.stats.rejectedLimit.Load())
 }
 
 // addrPort converts a TCP address; IPv4-mapped IPv6 stays as is.

@@ -292,7 +292,7 @@ func TestActiveHealthChecks(t *testing.T) {
 - name: active
   listen: 127.0.0.1
   ports: [%d]
-  health_check: {interval: 100ms, timeout: 200ms, rise: 2, fall: 2}
+  health_check: {interval: 100ms, timeout: 100ms, rise: 2, fall: 2}
   targets: [%q, %q]
 `, port, be.addr, other.addr)
 	srv, _ := startProxy(t, yaml)

@@ -172,6 +172,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if opts.check {
+		for _, w := range cfg.Warnings {
+			fmt.Fprintln(stderr, w)
+		}
 		fmt.Fprintln(stdout, cfg.summary())
 		return 0
 	}
@@ -319,17 +322,16 @@ func checkNoFileLimit(cfg *config, log *slog.Logger) error {
 			lim = raised
 		}
 	}
-	listeners, conns, unlimited := 0, 0, false
+	listeners, unlimited := 0, false
 	for _, a := range cfg.Apps {
 		listeners += len(a.Ports)
-		conns += a.MaxConnections
 		unlimited = unlimited || a.MaxConnections == 0
 	}
 	const reserve = 64 // admin, health probes, logs, the runtime
 	if uint64(listeners+reserve) > lim.Cur {
 		return fmt.Errorf("%d listeners need more open files than the limit of %d allows: raise it (ulimit -n, LimitNOFILE=) or split the config", listeners, lim.Cur)
 	}
-	if need := uint64(listeners + reserve + descriptorsPerConn*conns); !unlimited && need > lim.Cur {
+	if need := descriptorsNeeded(cfg, uint64(listeners+reserve)); !unlimited && need > lim.Cur {
 		log.Warn("open files limit is below what max_connections implies", "limit", lim.Cur, "needed", need,
 			"hint", "raise LimitNOFILE= in the systemd unit, or ulimit -n")
 	}

@@ -274,6 +274,22 @@ func TestAcceptProxyProtocol(t *testing.T) {
 		}
 		waitFor(t, 5*time.Second, "the access log line", func() bool { return strings.Contains(logs.String(), "client=192.0.2.7:5555") })
 	})
+	t.Run("v2 header of the protocol's longest", func(t *testing.T) {
+		// 16 fixed bytes, 12 address bytes, then TLVs to a length of 65,535.
+		hdr := []byte("\r\n\r\n\x00\r\nQUIT\n\x21\x11\xff\xff\xc0\x00\x02\x08\xcb\x00\x71\x09\x15\xb3\x01\xbb")
+		hdr = append(hdr, make([]byte, 0xffff-12)...)
+		c := dialProxy(t, port)
+		c.Write(append(hdr, "payload"...))
+		c.CloseWrite()
+		select {
+		case b := <-got:
+			if want := "PROXY TCP4 192.0.2.8 203.0.113.9 5555 443\r\npayload"; string(b) != want {
+				t.Fatalf("target got %q, want %q", b, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the target got nothing: the header was refused")
+		}
+	})
 	t.Run("deny applies to the header's address", func(t *testing.T) {
 		accepted := be.accepted.Load()
 		c := dialProxy(t, port)

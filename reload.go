@@ -34,6 +34,7 @@ func (d *daemon) reload() {
 			d.shutdownDelay = cfg.ShutdownDelay
 			d.adminToken.Store(&cfg.AdminToken)
 			d.log.Info("config reloaded", sum.logAttrs()...)
+			cfg.logWarnings(d.log)
 			if cfg.Admin != d.startCfg.Admin || cfg.AdminPublic != d.startCfg.AdminPublic || cfg.ReusePort != d.startCfg.ReusePort {
 				d.log.Warn("admin, admin_public and reuse_port take effect on restart or upgrade, not on reload")
 			}
@@ -53,7 +54,7 @@ func (d *daemon) startAdmin(inherited *upgrade.Inherited) error {
 	ln := inherited.Listener(adminKey(addr))
 	if ln == nil {
 		var err error
-		if ln, err = net.Listen("tcp", addr); err != nil {
+		if ln, err = net.Listen(listenNetwork(addr), addr); err != nil {
 			return fmt.Errorf("admin: listen on %s: %w", addr, unwrapOpError(err))
 		}
 	}

@@ -93,7 +93,7 @@ type listenRoute struct {
 // no name and had no default app, since start.
 type unroutedStats struct {
 	noMatch, prereadTimeout atomic.Int64
-	logAt                   atomic.Int64 // unix nanos of the last log line
+	noAppLog, badHeaderLog  logLimiter // rate limits of the two log lines
 }
 
 // startRoute starts a Proxy for addr routing by t. listen opens (or
@@ -184,32 +184,21 @@ func (r *listenRoute) fallback(t *routeTable, c net.Conn) {
 }
 
 // reject closes a connection that has nowhere to go, counts it, and logs
-// at most once a second.
+// it, rate-limited (see logLimiter).
 func (r *listenRoute) reject(c net.Conn) {
-	defer c.Close()
+	defer closeTurnedAway(c)
 	ac, _ := tcpproxy.UnderlyingConn(c).(*acceptedConn)
 	reason, n := "no_match", &r.unrouted.noMatch
 	switch {
 	case ac != nil && ac.hdrErr != nil:
-		r.logRateLimited("bad PROXY protocol header", "client", c.RemoteAddr().String(), "err", ac.hdrErr)
+		r.unrouted.badHeaderLog.log(r.log, slog.LevelWarn, "bad PROXY protocol header", "client", c.RemoteAddr().String(), "err", ac.hdrErr)
 		return
 	case ac != nil && ac.timedOut:
 		reason, n = "preread_timeout", &r.unrouted.prereadTimeout
 	}
 	n.Add(1)
-	r.logRateLimited("no app for this connection, closing it", "client", clientAddr(c), "server_name", hostName(c), "reason", reason,
+	r.unrouted.noAppLog.log(r.log, slog.LevelWarn, "no app for this connection, closing it", "client", clientAddr(c), "server_name", hostName(c), "reason", reason,
 		"unrouted_total", r.unrouted.noMatch.Load()+r.unrouted.prereadTimeout.Load())
-}
-
-// logRateLimited logs a warning unless the address logged one less than
-// a second ago.
-func (r *listenRoute) logRateLimited(msg string, args ...any) {
-	now := time.Now().UnixNano()
-	last := r.unrouted.logAt.Load()
-	if now-last < int64(time.Second) || !r.unrouted.logAt.CompareAndSwap(last, now) {
-		return
-	}
-	r.log.Warn(msg, args...)
 }
 
 // routeListener is the listener a route's Proxy accepts from. On an

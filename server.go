@@ -209,7 +209,7 @@ func (s *proxyServer) startRoute(addr string, t *routeTable, old *listenRoute) (
 			}
 			return newRetryListener(ln, log), nil
 		}
-		ln, err := s.listen("tcp", addr)
+		ln, err := s.listen(listenNetwork(addr), addr)
 		if err != nil {
 			return nil, fmt.Errorf("app %q: listen on %s: %w", t.owner, addr, unwrapOpError(err))
 		}
@@ -409,6 +409,7 @@ func logConfig(log *slog.Logger, cfg *config) {
 		}
 		log.Info("app", attrs...)
 	}
+	cfg.logWarnings(log)
 }
 
 // connSet tracks the open connections so that shutdown can wait for

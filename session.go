@@ -117,14 +117,22 @@ func newSession(ft *failoverTarget, c net.Conn) (*session, error) {
 	return s, nil
 }
 
-// admit reads the PROXY header if the app takes one, applies allow/deny
-// and max_connections, and returns why the client is turned away, or "".
+// admit takes one of the app's max_connections slots, then reads the
+// PROXY header if the app takes one and applies allow/deny (to the
+// header's address), and returns why the client is turned away, or "".
+// The slot is taken first so that a client still sending its header
+// counts like any other (on a plain address from accept; on a
+// name-routed one from routing, its header read during the peek), and a
+// client over the limit is closed without its header being read.
 func (s *session) admit() string {
 	ft, st := s.ft, s.ft.stats
+	if !s.takeSlot() {
+		return "rejected: limit"
+	}
 	if ft.app.AcceptProxyProtocol {
 		h, err := s.proxyHeader()
 		if err != nil {
-			ft.log.Error("bad PROXY protocol header", "client", s.info.client.String(), "err", err)
+			st.logs.badHeader.log(ft.log, slog.LevelError, "bad PROXY protocol header", "client", s.info.client.String(), "err", err)
 			return "bad proxy header"
 		}
 		s.hdr = h
@@ -136,15 +144,22 @@ func (s *session) admit() string {
 		st.rejectedDenied.Add(1)
 		return "rejected: denied"
 	}
+	return ""
+}
+
+// takeSlot counts the connection as active against max_connections and
+// tracks it for shutdown, unless the app is full. end gives both back.
+func (s *session) takeSlot() bool {
+	ft, st := s.ft, s.ft.stats
 	if n := st.active.Add(1); ft.app.MaxConnections > 0 && n > int64(ft.app.MaxConnections) {
 		st.active.Add(-1)
 		st.rejectedLimit.Add(1)
 		ft.logLimit()
-		return "rejected: limit"
+		return false
 	}
 	s.active = true
 	s.entry = ft.conns.add(s.client)
-	return ""
+	return true
 }
 
 // proxyHeader returns the client's PROXY header: the one read while the
@@ -213,6 +228,13 @@ func (s *session) relayed(client, target *relay.Conn, idle *relay.Idle, peeked i
 			result = "panic"
 		}
 	}
+	s.end(result)
+}
+
+// turnAway closes a client that will not be relayed so that it sees EOF
+// (see lingerClose), and ends the session with result.
+func (s *session) turnAway(result string) {
+	lingerClose(s.client)
 	s.end(result)
 }
 

@@ -18,7 +18,7 @@ func TestStatusHealthAndLimits(t *testing.T) {
 	pA, pB := freePort(t), freePort(t)
 	srv, _ := startProxy(t, "apps:\n"+
 		appYAML("passive", []int{pA}, []string{deadPassive, live.addr}, "balance: round_robin\nmax_connections: 100\nfail_timeout: 1h")+
-		appYAML("active", []int{pB}, []string{deadActive, live.addr}, "max_fails: 0\nhealth_check: {interval: 50ms, timeout: 1s, rise: 1, fall: 1}"))
+		appYAML("active", []int{pB}, []string{deadActive, live.addr}, "max_fails: 0\nhealth_check: {interval: 100ms, timeout: 100ms, rise: 1, fall: 1}"))
 	base := serveAdmin(t, srv, "")
 	before := time.Now()
 	c := dialProxy(t, pA) // round robin starts with the dead target
@@ -31,7 +31,7 @@ func TestStatusHealthAndLimits(t *testing.T) {
 	s := getStatus(t, base)
 	pa, ac := s.Apps[0], s.Apps[1]
 	if pa.MaxConnections != 100 || pa.HealthChecks != "passive (max_fails 1, fail_timeout 1h0m0s)" || ac.MaxConnections != 0 ||
-		ac.HealthChecks != "active (interval 50ms, timeout 1s, rise 1, fall 1)" {
+		ac.HealthChecks != "active (interval 100ms, timeout 100ms, rise 1, fall 1)" {
 		t.Errorf("apps: max_connections %d, %d; health_checks %q, %q", pa.MaxConnections, ac.MaxConnections, pa.HealthChecks, ac.HealthChecks)
 	}
 	for _, tc := range []struct {

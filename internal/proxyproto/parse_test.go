@@ -3,6 +3,7 @@ package proxyproto
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -176,8 +177,6 @@ func TestParseMalformed(t *testing.T) {
 		{"v2 length short for TCP4", string(v2(0x21, famTCP4, addrLenInet-1, tcp4))},
 		{"v2 length short for TCP6", string(v2(0x21, famTCP6, addrLenInet, tcp4))},
 		{"v2 length short for UNIX", string(v2(0x21, famUnix, addrLenUnix-1, make([]byte, addrLenUnix)))},
-		{"v2 length over the limit", string(v2(0x21, famTCP4, v2MaxPayload+1, tcp4))},
-		{"v2 length over the limit prefix", string(v2(0x20, famUnspec, 0xffff))},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -192,6 +191,23 @@ func TestParseMalformed(t *testing.T) {
 				t.Errorf("Parse(%q) = %+v, %d with error; want zero values", tc.in, h, n)
 			}
 			t.Log(err)
+		})
+	}
+}
+
+// TestParseV2UpToProtocolLimit parses version 2 headers whose payload
+// is anywhere up to the 65,535 bytes the length field allows.
+func TestParseV2UpToProtocolLimit(t *testing.T) {
+	for _, size := range []int{4096, 4097, 65535} {
+		t.Run(fmt.Sprint(size), func(t *testing.T) {
+			in := v2(0x21, famTCP6, -1, inet6("2001:db8::1", "2001:db8::2", 1, 2), make([]byte, size-addrLenInet6))
+			h, n, err := Parse(append(in, "tail"...))
+			if err != nil || n != v2HeaderLen+size {
+				t.Fatalf("Parse = %+v, %d, %v; want a %d-byte header", h, n, err, v2HeaderLen+size)
+			}
+			if want := (Header{2, Proxy, ap("[2001:db8::1]:1"), ap("[2001:db8::2]:2")}); h != want {
+				t.Errorf("Parse = %+v, want %+v", h, want)
+			}
 		})
 	}
 }

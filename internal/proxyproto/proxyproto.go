@@ -86,6 +86,18 @@ func Parse(b []byte) (Header, int, error) {
 	return Header{}, 0, malformed("no PROXY protocol signature (first byte %#02x)", b[0])
 }
 
+// parseHead is Parse for a reader that consumes the header itself: it
+// needs only the head of a version 2 header (at most v2MaxHead bytes,
+// the TLVs after the addresses excluded) and returns the length of the
+// whole header, which may be longer than b. A version 1 header is
+// parsed whole, as by Parse.
+func parseHead(b []byte) (Header, int, error) {
+	if len(b) > 0 && b[0] == v2Signature[0] {
+		return parseV2Head(b)
+	}
+	return Parse(b)
+}
+
 // Append appends to b the header for version (1 or 2) describing a
 // connection from src to dst, the proxy's address that the client
 // connected to, and returns the extended slice.

@@ -9,9 +9,17 @@ import (
 	"time"
 )
 
-// peekInitial fits any version 1 header and version 2 headers with a
-// couple of hundred bytes of TLVs; longer ones grow the buffer once.
-const peekInitial = 256
+// peekLen is how much of the receive queue Read peeks at: enough for
+// any version 1 header and for the head of any version 2 header (its
+// fixed part and address block); the TLVs of a version 2 header, up to
+// 65,535 bytes, are read in pieces of at most discardLen bytes.
+const (
+	peekLen    = 256
+	discardLen = 4096
+)
+
+// The peek buffer must hold the longest head either version needs.
+var _ [peekLen - max(v1MaxLen, v2MaxHead)]struct{}
 
 // Read reads exactly one header from c, waiting at most until deadline
 // (the zero time means no limit, which lets a silent client hold the
@@ -21,8 +29,11 @@ const peekInitial = 256
 // Read consumes the header's bytes and nothing after them, so c can be
 // handed on as is, for instance to a splice-based relay that bypasses any
 // Go buffer. It does so by peeking at the socket's receive queue
-// (recv with MSG_PEEK) until a whole header is queued, then reading just
-// that many bytes. It must not run concurrently with other reads of c.
+// (recv with MSG_PEEK) until the header's head is queued (a whole version
+// 1 header, or a version 2 header up to its TLVs), then reading just as
+// many bytes as the header has, the TLVs in pieces, so that memory stays
+// bounded whatever length the header declares. It must not run
+// concurrently with other reads of c.
 //
 // The error wraps ErrMalformed for an invalid header,
 // os.ErrDeadlineExceeded when the deadline passes first, and
@@ -44,23 +55,43 @@ func Read(c *net.TCPConn, deadline time.Time) (h Header, err error) {
 	if err != nil {
 		return Header{}, fmt.Errorf("proxyproto: %w", err)
 	}
-	p := peeker{buf: make([]byte, peekInitial)}
+	p := peeker{buf: make([]byte, peekLen)}
 	if err := rc.Read(p.onReadable); err != nil {
 		return Header{}, fmt.Errorf("proxyproto: waiting for header: %w", err)
 	}
 	if p.err != nil {
 		return Header{}, p.err
 	}
-	// The whole header is queued, so this returns at once, and a
-	// length-limited read cannot take any of the payload behind it.
-	if _, err := io.ReadFull(c, p.buf[:p.n]); err != nil {
+	if err := consume(c, p.buf, p.n); err != nil {
 		return Header{}, fmt.Errorf("proxyproto: consuming header: %w", err)
 	}
 	return p.h, nil
 }
 
+// consume reads and drops the n bytes of the header from c, through buf
+// and, for a header longer than buf, a discardLen buffer. Every read is
+// limited to what is left of the header, so none of the payload behind
+// it is taken. The head is queued already; TLVs still on their way are
+// waited for until c's read deadline.
+func consume(c *net.TCPConn, buf []byte, n int) error {
+	if n > len(buf) {
+		buf = make([]byte, discardLen)
+	}
+	for n > 0 {
+		k, err := io.ReadFull(c, buf[:min(n, len(buf))])
+		n -= k
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
 // peeker is the readiness callback of Read: it peeks at what the socket
-// has queued until Parse accepts or rejects it.
+// has queued until parseHead accepts or rejects it.
 type peeker struct {
 	buf []byte
 	// Outcome: a header of n bytes, or err.
@@ -88,7 +119,7 @@ func (p *peeker) onReadable(fd uintptr) bool {
 			p.err = fmt.Errorf("proxyproto: connection closed before PROXY header: %w", io.ErrUnexpectedEOF)
 			return true
 		}
-		h, hn, err := Parse(p.buf[:n])
+		h, hn, err := parseHead(p.buf[:n])
 		switch {
 		case err == nil:
 			p.h, p.n = h, hn
@@ -98,12 +129,8 @@ func (p *peeker) onReadable(fd uintptr) bool {
 			return true
 		case n < len(p.buf):
 			return false // wait for the rest
-		case len(p.buf) < maxHeaderLen:
-			// A long version 2 header: peek again with room for the
-			// longest one Parse accepts.
-			p.buf = make([]byte, maxHeaderLen)
 		default:
-			// Parse rejects anything longer, so this is a bug, but a
+			// Every head fits in peekLen bytes, so this is a bug, but a
 			// connection must not hang on it.
 			p.err = fmt.Errorf("proxyproto: header incomplete after %d bytes", n)
 			return true

@@ -2,9 +2,11 @@ package proxyproto
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -178,8 +180,10 @@ func TestReadErrors(t *testing.T) {
 			timeout: 10 * time.Second, wantErr: ErrMalformed, wantQuick: true},
 		{name: "v1 too long", chunks: []string{"PROXY UNKNOWN " + strings.Repeat("x", 200)},
 			timeout: 10 * time.Second, wantErr: ErrMalformed, wantQuick: true},
-		{name: "v2 too long", chunks: []string{string(v2(0x21, famTCP4, 0xffff))},
-			timeout: 10 * time.Second, wantErr: ErrMalformed, wantQuick: true},
+		{name: "v2 closed within its TLVs", chunks: []string{string(v2(0x21, famTCP4, 0xffff, inet4("1.2.3.4", "5.6.7.8", 1, 2), make([]byte, 5000)))},
+			close: true, timeout: 10 * time.Second, wantErr: io.ErrUnexpectedEOF, wantQuick: true},
+		{name: "v2 TLVs then silence", chunks: []string{string(v2(0x21, famTCP4, 0xffff, inet4("1.2.3.4", "5.6.7.8", 1, 2), make([]byte, 5000)))},
+			timeout: 100 * time.Millisecond, wantErr: os.ErrDeadlineExceeded},
 		{name: "closed without a header", close: true,
 			timeout: 10 * time.Second, wantErr: io.ErrUnexpectedEOF, wantQuick: true},
 	}
@@ -223,7 +227,7 @@ func TestPeekerDoesNotSpin(t *testing.T) {
 		t.Fatal(err)
 	}
 	server.SetReadDeadline(time.Now().Add(10 * time.Second))
-	p := peeker{buf: make([]byte, peekInitial)}
+	p := peeker{buf: make([]byte, peekLen)}
 	calls := 0
 	err = rc.Read(func(fd uintptr) bool {
 		calls++
@@ -245,4 +249,60 @@ func TestPeekerDoesNotSpin(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestReadLongV2Header reads version 2 headers whose payload (address
+// block and TLVs) is over 4,096 bytes, up to the 65,535 the protocol
+// allows, in one write and in pieces, and checks that exactly the
+// header is consumed and that Read buffers a bounded amount of it.
+func TestReadLongV2Header(t *testing.T) {
+	addrs := inet4("1.2.3.4", "5.6.7.8", 1111, 2222)
+	want := Header{2, Proxy, ap("1.2.3.4:1111"), ap("5.6.7.8:2222")}
+	for _, size := range []int{4097, 20000, 65535} {
+		hdr := string(v2(0x21, famTCP4, -1, addrs, make([]byte, size-addrLenInet)))
+		for _, pieces := range []int{1, 5} {
+			t.Run(fmt.Sprintf("payload %d in %d pieces", size, pieces), func(t *testing.T) {
+				chunks := split([]byte(hdr+"payload"), pieces)
+				client, server := pair(t, "127.0.0.1")
+				done := make(chan error, 1)
+				go func() { // converts nothing, so allocations are Read's
+					for _, chunk := range chunks {
+						time.Sleep(5 * time.Millisecond)
+						if _, err := client.Write(chunk); err != nil {
+							done <- err
+							return
+						}
+					}
+					done <- nil
+				}()
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				h, err := Read(server, time.Now().Add(10*time.Second))
+				runtime.ReadMemStats(&after)
+				if err != nil {
+					t.Fatalf("Read: %v", err)
+				}
+				if h != want {
+					t.Errorf("Read = %+v, want %+v", h, want)
+				}
+				// The header is read in pieces, not buffered whole.
+				if got := after.TotalAlloc - before.TotalAlloc; got > 16<<10 {
+					t.Errorf("Read allocated %d bytes for a %d-byte header, want at most 16 KiB", got, len(hdr))
+				}
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+				expectPayload(t, server, client, "payload")
+			})
+		}
+	}
+}
+
+// split cuts s into n pieces of about equal length.
+func split(s []byte, n int) [][]byte {
+	var out [][]byte
+	for i := range n {
+		out = append(out, s[i*len(s)/n:(i+1)*len(s)/n])
+	}
+	return out
 }

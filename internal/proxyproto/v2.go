@@ -9,10 +9,11 @@ const (
 	v2Signature = "\r\n\r\n\x00\r\nQUIT\n"
 	// v2HeaderLen is the fixed part: signature, ver_cmd, family, length.
 	v2HeaderLen = 16
-	// v2MaxPayload caps the address block plus TLVs. The format allows
-	// 65535 bytes, but real senders use a few hundred at most, and the cap
-	// bounds what a reader buffers per connection.
-	v2MaxPayload = 4096
+	// v2MaxPayload is the longest address block plus TLVs, the most the
+	// 16-bit length field can say. Read never buffers that much: it peeks
+	// at the fixed part and the address block, and reads the TLVs behind
+	// them in pieces.
+	v2MaxPayload = 0xffff
 
 	v2Version = 0x2
 )
@@ -34,6 +35,22 @@ const (
 )
 
 func parseV2(b []byte) (Header, int, error) {
+	h, total, err := parseV2Head(b)
+	if err == nil && len(b) < total {
+		return Header{}, 0, ErrIncomplete
+	}
+	return h, total, err
+}
+
+// v2MaxHead is the longest head parseV2Head needs: the fixed part and
+// the largest address block (UNIX).
+const v2MaxHead = v2HeaderLen + addrLenUnix
+
+// parseV2Head parses a version 2 header from its head alone, the fixed
+// part and the address block, at most v2MaxHead bytes, and returns it
+// with the length of the whole header; the TLVs after the addresses are
+// counted in that length and not looked at. Errors are as Parse's.
+func parseV2Head(b []byte) (Header, int, error) {
 	if len(b) < len(v2Signature) {
 		if string(b) != v2Signature[:len(b)] {
 			return Header{}, 0, malformed("v2: bad signature % x", b)
@@ -77,22 +94,19 @@ func parseV2(b []byte) (Header, int, error) {
 		return Header{}, 0, ErrIncomplete
 	}
 	n := int(binary.BigEndian.Uint16(b[14:16]))
-	if n > v2MaxPayload {
-		return Header{}, 0, malformed("v2: length %d exceeds the %d-byte limit", n, v2MaxPayload)
-	}
 	if n < addrLen {
 		return Header{}, 0, malformed("v2: length %d too short for family %#02x (%d address bytes)", n, fam, addrLen)
 	}
-	total := v2HeaderLen + n
-	if len(b) < total {
+	if len(b) < v2HeaderLen+addrLen {
 		return Header{}, 0, ErrIncomplete
 	}
+	total := v2HeaderLen + n
 	h := Header{Version: 2, Command: cmd}
 	if cmd != Proxy {
 		return h, total, nil
 	}
 	// TLVs after the addresses are counted in n and skipped unread.
-	a := b[v2HeaderLen:total]
+	a := b[v2HeaderLen : v2HeaderLen+addrLen]
 	switch fam {
 	case famTCP4:
 		h.Source = netip.AddrPortFrom(netip.AddrFrom4([4]byte(a[0:4])), binary.BigEndian.Uint16(a[8:10]))
