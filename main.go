@@ -224,14 +224,16 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 
 	// Watch before listening, so that a change made as soon as the ports
 	// accept is not missed.
-	var changes <-chan struct{}
+	var (
+		changes <-chan struct{}
+		watcher *fileWatcher
+	)
 	if opts.watch {
-		w, err := watchFile(opts.configPath, log)
-		if err != nil {
+		if watcher, err = watchFile(opts.configPath, log); err != nil {
 			log.Error("cannot watch the config file", "err", err)
 		} else {
-			defer w.Close()
-			changes = w.changes
+			defer watcher.Close()
+			changes = watcher.changes
 		}
 	}
 
@@ -276,7 +278,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 	for reason == "" {
 		select {
 		case <-changes:
-			d.reload()
+			d.reloadFromWatch(watcher)
 		case sig := <-sigc:
 			switch sig {
 			case syscall.SIGHUP:

@@ -5,16 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/fsnotify/fsnotify"
 
 	"github.com/michaeldbianchi/tcpproxy/internal/admin"
 	"github.com/michaeldbianchi/tcpproxy/internal/upgrade"
@@ -25,6 +21,27 @@ import (
 // serving.
 func (d *daemon) reload() {
 	cfg, err := loadConfig(d.opts.configPath)
+	d.apply(cfg, err)
+}
+
+// reloadFromWatch is reload for a change -watch saw. A file that would
+// remove apps is applied only once it has been stable for
+// watchRemoveSettle: a writer that pauses mid-write must not make apps
+// vanish because the part written so far is valid YAML.
+func (d *daemon) reloadFromWatch(fw *fileWatcher) {
+	cfg, err := loadConfig(d.opts.configPath)
+	if err == nil && d.srv.removesApps(cfg) {
+		if wait := watchRemoveSettle - fw.stableFor(); wait > 0 {
+			d.log.Info("config file changed and would remove apps: waiting for it to settle", "wait", wait.Round(time.Millisecond).String())
+			fw.recheckAfter(wait)
+			return
+		}
+	}
+	d.apply(cfg, err)
+}
+
+// apply makes a loaded config the running one, or logs why it is not.
+func (d *daemon) apply(cfg *config, err error) {
 	if err == nil {
 		var sum reloadSummary
 		if sum, err = d.srv.apply(cfg); err == nil {
@@ -133,73 +150,4 @@ func requestUpgrade(pidFile string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "tcpproxy: -upgrade: no new process took over from pid %d; see its log\n", old)
 	return 1
-}
-
-// fileWatcher reports changes to one file, including editors that write
-// a new file and rename it over the old one.
-type fileWatcher struct {
-	w       *fsnotify.Watcher
-	changes chan struct{}
-	done    chan struct{}
-}
-
-// watchDebounce lets an editor finish a save (truncate, write, rename)
-// before the file is read.
-const watchDebounce = 100 * time.Millisecond
-
-// watchFile watches path. It watches the directory, not the file: a
-// rename-over replaces the inode a file watch would be attached to.
-func watchFile(path string, log *slog.Logger) (*fileWatcher, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, err
-	}
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return nil, fmt.Errorf("watch %s: %w", path, err)
-	}
-	if err := w.Add(filepath.Dir(abs)); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("watch %s: %w", filepath.Dir(abs), err)
-	}
-	fw := &fileWatcher{w: w, changes: make(chan struct{}, 1), done: make(chan struct{})}
-	go fw.loop(abs, log)
-	return fw, nil
-}
-
-func (fw *fileWatcher) loop(path string, log *slog.Logger) {
-	defer close(fw.done)
-	var timer <-chan time.Time
-	for {
-		select {
-		case ev, ok := <-fw.w.Events:
-			if !ok {
-				return
-			}
-			// A Kubernetes ConfigMap volume swaps its "..data" symlink
-			// instead of touching the file the config path names.
-			name := filepath.Clean(ev.Name)
-			if (name == path || filepath.Base(name) == "..data") && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
-				timer = time.After(watchDebounce)
-			}
-		case err, ok := <-fw.w.Errors:
-			if !ok {
-				return
-			}
-			log.Warn("config watch", "err", err)
-		case <-timer:
-			timer = nil
-			select {
-			case fw.changes <- struct{}{}:
-			default: // a reload is already pending
-			}
-		}
-	}
-}
-
-// Close stops watching.
-func (fw *fileWatcher) Close() error {
-	err := fw.w.Close()
-	<-fw.done
-	return err
 }

@@ -423,3 +423,54 @@ func TestBinaryReloadKeepsCheckState(t *testing.T) {
 		t.Fatalf("dead target after the reload: %v (client dials before it: %v); want no new client dial, still down by the checks", tg, before)
 	}
 }
+
+// TestBinaryWatchHalfWrittenFile: -watch never applies a prefix of a file
+// written in place with pauses, even when the prefix is valid YAML that
+// drops an app: the dropped app's port keeps accepting (#16 item 8).
+func TestBinaryWatchHalfWrittenFile(t *testing.T) {
+	a, b := startBackend(t, namedHandler("a")), startBackend(t, namedHandler("b"))
+	pa, pb := freePort(t), freePort(t)
+	head := "apps:\n" + appYAML("a", []int{pa}, []string{a.addr}, "")
+	tail := appYAML("b", []int{pb}, []string{b.addr}, "")
+	path := writeConfig(t, head+tail)
+	_, out := startBinary(t, pb, "-watch", "-c", path)
+
+	stop := make(chan struct{})
+	var refused atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // b's clients, all along
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", pb))
+			if err != nil {
+				refused.Add(1)
+				continue
+			}
+			c.Close()
+		}
+	}()
+	for i, pause := range []time.Duration{200 * time.Millisecond, time.Second} {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(head) // valid YAML on its own, without app b
+		time.Sleep(pause)   // the writer stalls mid-file
+		f.WriteString(tail)
+		f.Close()
+		waitFor(t, 10*time.Second, "the whole file to be loaded", func() bool {
+			return strings.Count(out.String(), `msg="config reloaded"`) == i+1
+		})
+	}
+	close(stop)
+	wg.Wait()
+	if strings.Contains(out.String(), "apps_removed=[b]") || refused.Load() != 0 {
+		t.Fatalf("a half-written file was applied: %d refused connections to b\n%s", refused.Load(), out)
+	}
+}

@@ -141,6 +141,22 @@ func (s *proxyServer) apply(cfg *config) (reloadSummary, error) {
 	return sum, nil
 }
 
+// removesApps reports whether applying cfg would remove a running app.
+func (s *proxyServer) removesApps(cfg *config) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keep := make(map[string]bool, len(cfg.Apps))
+	for _, a := range cfg.Apps {
+		keep[a.Name] = true
+	}
+	for name := range s.apps {
+		if !keep[name] {
+			return true
+		}
+	}
+	return false
+}
+
 // buildGeneration builds the app Targets of cfg, carrying counters and
 // target health over from the running generation.
 func (s *proxyServer) buildGeneration(cfg *config) (map[string]*failoverTarget, []*failoverTarget, reloadSummary, error) {
