@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -473,4 +474,144 @@ func TestBinaryWatchHalfWrittenFile(t *testing.T) {
 	if strings.Contains(out.String(), "apps_removed=[b]") || refused.Load() != 0 {
 		t.Fatalf("a half-written file was applied: %d refused connections to b\n%s", refused.Load(), out)
 	}
+}
+
+// loopbackV6 reports whether this host can listen on ::1.
+func loopbackV6() bool {
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err == nil {
+		ln.Close()
+	}
+	return err == nil
+}
+
+// TestBinaryFailedReloadKeepsListeners: a reload that would move app a
+// from every interface to 127.0.0.1 on the same port, and that then fails
+// on app b's new port, leaves a's socket on every interface as it was
+// (#16 item 2).
+func TestBinaryFailedReloadKeepsListeners(t *testing.T) {
+	if !loopbackV6() {
+		t.Skip("no ::1: the socket on every interface is told apart from 127.0.0.1 through ::1")
+	}
+	be := startBackend(t, echoHandler)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	p, q := freePort(t), freePort(t)
+	good := fmt.Sprintf("apps:\n- name: a\n  ports: [%d]\n  targets: [%q]\n- name: b\n  listen: 127.0.0.1\n  ports: [%d]\n  targets: [%q]\n", p, be.addr, q, be.addr)
+	bad := fmt.Sprintf("apps:\n- name: a\n  listen: 127.0.0.1\n  ports: [%d]\n  targets: [%q]\n- name: b\n  listen: 127.0.0.1\n  ports: [%d, %d]\n  targets: [%q]\n", p, be.addr, q, taken.Addr().(*net.TCPAddr).Port, be.addr)
+	path := writeConfig(t, good)
+	proc, out := startBinary(t, p, "-c", path)
+	v6 := fmt.Sprintf("[::1]:%d", p)
+	for i := 1; i <= 10; i++ { // map order decided which socket went first
+		os.WriteFile(path, []byte(bad), 0o644)
+		reloadBinary(t, proc, out, i)
+		c, err := net.Dial("tcp", v6)
+		if err != nil {
+			t.Fatalf("after failed reload %d, a's socket on every interface is gone: %v\n%s", i, err, out)
+		}
+		c.Close()
+	}
+	if n := strings.Count(out.String(), "config reload failed"); n < 10 {
+		t.Fatalf("%d failed reloads, want 10:\n%s", n, out)
+	}
+}
+
+// TestBinaryListenRespelledRefusesNoClient: changing an app's listen
+// between localhost and 127.0.0.1 on one port (the same socket, spelled
+// two ways) keeps that socket: no client connecting all along is refused
+// or reset, and an upgrade after such an edit takes the socket over
+// (#16 item 9, in part: a change between every interface and one address
+// binds the new socket beside the old, then closes the old, whose queued
+// clients are reset).
+func TestBinaryListenRespelledRefusesNoClient(t *testing.T) {
+	be := startBackend(t, echoHandler)
+	p := freePort(t)
+	pidFile := filepath.Join(t.TempDir(), "tcpproxy.pid")
+	cfg := func(listen string) string {
+		return fmt.Sprintf("apps:\n- name: a\n  %s\n  ports: [%d]\n  targets: [%q]\n", listen, p, be.addr)
+	}
+	path := writeConfig(t, cfg("listen: localhost"))
+	proc, out := startBinary(t, p, "-c", path, "-pid-file", pidFile)
+	t.Cleanup(func() { // the upgraded process shares the test's output pipe
+		if pid := readPIDFile(pidFile); pid != proc.Pid && pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+
+	stop := make(chan struct{})
+	var ok, failed atomic.Int64
+	var errs sync.Map
+	var wg sync.WaitGroup
+	var stopOnce sync.Once
+	stopClients := func() { stopOnce.Do(func() { close(stop); wg.Wait() }) }
+	t.Cleanup(stopClients)
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := echoOnce(fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
+					failed.Add(1)
+					errs.Store(err.Error(), true)
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+	listens := []string{"listen: 127.0.0.1", "listen: localhost"}
+	for i := 1; i <= 10; i++ {
+		os.WriteFile(path, []byte(cfg(listens[(i-1)%len(listens)])), 0o644)
+		reloadBinary(t, proc, out, i)
+		before := ok.Load()
+		waitFor(t, 5*time.Second, "clients after the reload", func() bool { return ok.Load() > before+20 })
+	}
+	if strings.Contains(out.String(), "config reload failed") {
+		t.Fatalf("a listen change failed:\n%s", out)
+	}
+	// The file says localhost now; an upgrade must take over the socket.
+	if _, err := exec.Command(buildBinary(t), "-upgrade", "-pid-file", pidFile).CombinedOutput(); err != nil {
+		t.Fatalf("upgrade after a listen edit: %v\n%s", err, out)
+	}
+	before := ok.Load()
+	waitFor(t, 5*time.Second, "clients after the upgrade", func() bool { return ok.Load() > before+20 })
+	stopClients()
+	if n := failed.Load(); n != 0 {
+		var list []string
+		errs.Range(func(k, _ any) bool { list = append(list, k.(string)); return true })
+		t.Fatalf("%d of %d clients failed across the listen changes: %v", n, n+ok.Load(), list)
+	}
+	t.Logf("%d clients across 10 listen changes and an upgrade, none refused or reset", ok.Load())
+	if !strings.Contains(out.String(), "upgraded=true") {
+		t.Fatalf("no upgrade:\n%s", out)
+	}
+}
+
+// echoOnce connects to addr, echoes a line and closes.
+func echoOnce(addr string) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "ping\n" {
+		return fmt.Errorf("echo %q", buf)
+	}
+	return nil
 }

@@ -187,9 +187,13 @@ func (s *proxyServer) buildGeneration(cfg *config) (map[string]*failoverTarget, 
 }
 
 // openRoutes starts a route for every address of tables that has none,
-// and for every address whose table needs routes of another shape (on
-// the running route's socket, handed over). If one fails, the routes it
-// started are closed and nothing has changed.
+// and for every one whose table needs routes of another shape (on the
+// running route's socket, handed over). An address that resolves to the socket of
+// a route the config drops ("localhost:80" becoming "127.0.0.1:80") takes
+// that socket over too. One that clashes with such a socket (":80"
+// becoming "127.0.0.1:80", or back) binds beside it with SO_REUSEPORT, so
+// nothing is released before the reload is known to succeed. If one
+// fails, the routes it started are closed and nothing has changed.
 func (s *proxyServer) openRoutes(tables map[string]*routeTable) (map[string]*listenRoute, error) {
 	opened := map[string]*listenRoute{}
 	for addr, t := range tables {
@@ -197,11 +201,12 @@ func (s *proxyServer) openRoutes(tables map[string]*routeTable) (map[string]*lis
 		if old != nil && old.shape == t.shape() {
 			continue
 		}
-		r, err := s.startRoute(addr, t, old)
-		if err != nil && old == nil && errors.Is(err, syscall.EADDRINUSE) && s.releaseConflicting(addr, tables) {
-			// The socket is held by a listener this config removes
-			// (":80" becoming "127.0.0.1:80"): free it, then take it.
-			r, err = s.startRoute(addr, t, nil)
+		if old == nil {
+			old = s.sameSocket(addr, tables)
+		}
+		r, err := s.startRoute(addr, t, old, false)
+		if err != nil && old == nil && errors.Is(err, syscall.EADDRINUSE) && s.shareConflicting(addr) {
+			r, err = s.startRoute(addr, t, nil, true)
 		}
 		if err != nil {
 			for _, r := range opened {
@@ -214,8 +219,42 @@ func (s *proxyServer) openRoutes(tables map[string]*routeTable) (map[string]*lis
 	return opened, nil
 }
 
-// startRoute starts a route for addr: on a new socket, or on old's.
-func (s *proxyServer) startRoute(addr string, t *routeTable, old *listenRoute) (*listenRoute, error) {
+// sameSocket returns a running route, not wanted any more, whose socket
+// is bound to the address addr resolves to, or nil.
+func (s *proxyServer) sameSocket(addr string, want map[string]*routeTable) *listenRoute {
+	ta, err := net.ResolveTCPAddr(listenNetwork(addr), addr)
+	if err != nil || ta.IP == nil || ta.IP.IsUnspecified() {
+		return nil
+	}
+	for old, r := range s.routes {
+		if want[old] != nil {
+			continue
+		}
+		if la, ok := r.ln.Addr().(*net.TCPAddr); ok && la.Port == ta.Port && la.IP.Equal(ta.IP) {
+			return r
+		}
+	}
+	return nil
+}
+
+// shareConflicting sets SO_REUSEPORT on the running sockets that hold
+// addr's port in a way the kernel refuses to bind beside, so that addr
+// can bind with it too. It reports whether it found any.
+func (s *proxyServer) shareConflicting(addr string) bool {
+	host, port, _ := net.SplitHostPort(addr)
+	shared := false
+	for old, r := range s.routes {
+		oh, op, _ := net.SplitHostPort(old)
+		if op == port && old != addr && listenConflict(host, oh) && enableReusePort(r.ln) == nil {
+			shared = true
+		}
+	}
+	return shared
+}
+
+// startRoute starts a route for addr: on a new socket (with SO_REUSEPORT
+// if beside is set), or on old's.
+func (s *proxyServer) startRoute(addr string, t *routeTable, old *listenRoute, beside bool) (*listenRoute, error) {
 	log := s.log.With("listen", addr)
 	listen := func() (net.Listener, error) {
 		if old != nil {
@@ -225,7 +264,7 @@ func (s *proxyServer) startRoute(addr string, t *routeTable, old *listenRoute) (
 			}
 			return newRetryListener(ln, log), nil
 		}
-		ln, err := s.listen(listenNetwork(addr), addr)
+		ln, err := s.listenOn(addr, beside)
 		if err != nil {
 			return nil, fmt.Errorf("app %q: listen on %s: %w", t.owner, addr, unwrapOpError(err))
 		}
@@ -239,17 +278,29 @@ func (s *proxyServer) startRoute(addr string, t *routeTable, old *listenRoute) (
 	return startRoute(addr, t, st, s.log, listen)
 }
 
+// listenOn opens a listening socket for addr, with SO_REUSEPORT if
+// beside is set.
+func (s *proxyServer) listenOn(addr string, beside bool) (net.Listener, error) {
+	if !beside {
+		return s.listen(listenNetwork(addr), addr)
+	}
+	lc := net.ListenConfig{KeepAlive: -1, Control: setReusePort}
+	return lc.Listen(context.Background(), listenNetwork(addr), addr)
+}
+
 // commitRoutes makes tables current: routes that stay get their new
-// table, new ones are published (closing the route they replace), and
-// the routes of removed addresses close.
+// table, new ones are published (closing the route whose socket they
+// took over), and the routes of removed addresses close.
 func (s *proxyServer) commitRoutes(tables map[string]*routeTable, opened map[string]*listenRoute, sum *reloadSummary) {
 	for addr, r := range s.routes {
-		if tables[addr] == nil {
+		switch {
+		case opened[addr] != nil:
+		case tables[addr] != nil:
+			r.table.Store(tables[addr])
+		default:
 			r.close()
 			delete(s.routes, addr)
 			sum.closed = append(sum.closed, addr)
-		} else if opened[addr] == nil {
-			r.table.Store(tables[addr])
 		}
 	}
 	for addr, r := range opened {
@@ -260,22 +311,6 @@ func (s *proxyServer) commitRoutes(tables map[string]*routeTable, opened map[str
 		}
 		s.routes[addr] = r
 	}
-}
-
-// releaseConflicting closes a listener that the new config drops and
-// that holds the socket addr needs. It reports whether it closed one.
-func (s *proxyServer) releaseConflicting(addr string, keep map[string]*routeTable) bool {
-	host, port, _ := net.SplitHostPort(addr)
-	released := false
-	for old, r := range s.routes {
-		oh, op, _ := net.SplitHostPort(old)
-		if keep[old] == nil && op == port && listenConflict(host, oh) {
-			r.close()
-			delete(s.routes, old)
-			released = true
-		}
-	}
-	return released
 }
 
 // restartChecks starts, keeps or stops each app's active health checks

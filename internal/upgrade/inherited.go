@@ -96,24 +96,45 @@ func (in *Inherited) HasParent() bool {
 }
 
 // Listener returns the inherited listener for addr, or nil if none was
-// passed for it. addr must be spelled exactly as the parent's key (the
-// config's listen address, e.g. "127.0.0.1:5001" or ":5001"): a socket
-// bound to ":5001" is no substitute for "0.0.0.0:5001". The listener is
-// removed from the set, so the caller owns it and Ready leaves it open.
-// The returned value is a *net.TCPListener, ready to be passed to a later
-// Start.
+// passed for it. addr is the parent's key (the config's listen address,
+// e.g. "127.0.0.1:5001" or ":5001"), or, for an address with a specific
+// IP, any key whose socket is bound to that IP and port ("localhost:5001"
+// in the parent's config, "127.0.0.1:5001" in this one's). A wildcard
+// must match exactly: a socket bound to ":5001" is no substitute for
+// "0.0.0.0:5001". The listener is removed from the set, so the caller
+// owns it and Ready leaves it open. The returned value is a
+// *net.TCPListener, ready to be passed to a later Start.
 func (in *Inherited) Listener(addr string) net.Listener {
 	if in == nil {
 		return nil
 	}
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	ln, ok := in.listeners[addr]
+	key, ok := addr, in.listeners[addr] != nil
+	if !ok {
+		key, ok = in.boundTo(addr)
+	}
 	if !ok {
 		return nil
 	}
-	delete(in.listeners, addr)
+	ln := in.listeners[key]
+	delete(in.listeners, key)
 	return ln
+}
+
+// boundTo returns the key of an inherited listener bound to addr's
+// specific IP and port.
+func (in *Inherited) boundTo(addr string) (string, bool) {
+	want, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil || want.IP == nil || want.IP.IsUnspecified() {
+		return "", false
+	}
+	for key, ln := range in.listeners {
+		if la, ok := ln.Addr().(*net.TCPAddr); ok && la.Port == want.Port && la.IP.Equal(want.IP) {
+			return key, true
+		}
+	}
+	return "", false
 }
 
 // Ready closes the inherited listeners nobody took (their ports left the

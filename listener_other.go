@@ -1,0 +1,15 @@
+//go:build !linux
+
+package main
+
+import (
+	"errors"
+	"net"
+)
+
+// enableReusePort is Linux-only; elsewhere a reload that moves a port
+// between all interfaces and one address fails while the old socket is
+// open, and changes nothing.
+func enableReusePort(net.Listener) error {
+	return errors.New("SO_REUSEPORT beside an open socket: Linux only")
+}
