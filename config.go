@@ -301,6 +301,11 @@ func parseConfig(path string, data []byte) (*config, error) {
 		for _, msg := range te.Errors {
 			v.addTypeError(msg)
 		}
+		if duplicateKey(te) {
+			// The decoder stops filling the model at a duplicate key, so
+			// validating what it left would report what is not wrong.
+			return nil, v.err()
+		}
 	}
 
 	cfg := v.validate(&f)
@@ -308,6 +313,16 @@ func parseConfig(path string, data []byte) (*config, error) {
 		return nil, err
 	}
 	return cfg, nil
+}
+
+// duplicateKey reports whether the decoder found a key twice in a mapping.
+func duplicateKey(te *yaml.TypeError) bool {
+	for _, msg := range te.Errors {
+		if strings.Contains(msg, "already defined at line") {
+			return true
+		}
+	}
+	return false
 }
 
 // validator turns the file model into a config, collecting every

@@ -229,6 +229,8 @@ func TestLoadConfigErrors(t *testing.T) {
 			[]string{`:7: app "b": listen address 127.0.0.1:443 is already used at line 3`}},
 		{"shared address settings differ", "apps:\n- name: a\n  ports: [443]\n  targets: [a:1]\n  sni: [a.test]\n- name: b\n  ports: [443]\n  targets: [a:1]\n  accept_proxy_protocol: true\n  preread_timeout: 1s\n",
 			[]string{`:6: app "b": accept_proxy_protocol differs from app "a"`, `:6: app "b": preread_timeout 1s differs from app "a"'s 5s`}},
+		{"duplicate key", "apps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n  ports: [2]\n",
+			[]string{`:5: mapping key "ports" already defined at line 3`}},
 		{"preread_timeout", "defaults:\n  preread_timeout: 0s\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n", []string{`:2: app "a": preread_timeout: 0s must be greater than zero`}},
 	}
 	for _, tt := range tests {
@@ -253,6 +255,15 @@ func TestLoadConfigErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestLoadConfigDuplicateKeyOnly: a duplicate key is reported alone, not
+// with the "no apps" the half-decoded model would suggest.
+func TestLoadConfigDuplicateKeyOnly(t *testing.T) {
+	_, err := loadConfig(writeConfig(t, "apps:\n- name: a\n  ports: [1]\n  targets: [a:1]\napps: []\n"))
+	if err == nil || strings.Count(err.Error(), "\n") != 0 || !strings.Contains(err.Error(), `mapping key "apps" already defined at line 1`) {
+		t.Fatalf("err = %v, want the duplicate key alone", err)
 	}
 }
 

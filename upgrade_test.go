@@ -271,3 +271,41 @@ func TestBinaryTermDuringUpgrade(t *testing.T) {
 		t.Errorf("the SIGTERM was taken for a second signal:\n%s", out)
 	}
 }
+
+// TestBinaryUpgradeFailureReportedAtOnce: when the binary on disk cannot
+// start, `tcpproxy -upgrade` reports the failure as soon as the proxy
+// knows it, not after its minute-long wait, and the proxy carries on
+// (#16 item 12).
+func TestBinaryUpgradeFailureReportedAtOnce(t *testing.T) {
+	be := startBackend(t, echoHandler)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "tcpproxy")
+	data, err := os.ReadFile(buildBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	pidFile := filepath.Join(dir, "tcpproxy.pid")
+	path := writeConfig(t, "apps:\n"+appYAML("web", []int{port}, []string{be.addr}, ""))
+	cmd := exec.Command(bin, "-c", path, "-pid-file", pidFile)
+	out := startCmd(t, cmd)
+	waitListening(t, port)
+	waitFor(t, 5*time.Second, "the pid file", func() bool { return readPIDFile(pidFile) == cmd.Process.Pid })
+	// A new binary that cannot start: the upgrade's child exits at once.
+	if err := os.WriteFile(bin+".new", []byte("#!/bin/sh\nexit 3\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(bin+".new", bin); err != nil {
+		t.Fatal(err)
+	}
+	up := exec.Command(bin, "-upgrade", "-pid-file", pidFile)
+	up.Path = buildBinary(t) // the client itself is a working binary
+	res, err := up.CombinedOutput() // before the fix: a minute's wait, then "no new process took over"
+	if err == nil || !strings.Contains(string(res), "the upgrade failed") {
+		t.Fatalf("tcpproxy -upgrade: %v\n%s\nproxy log:\n%s", err, res, out)
+	}
+	heldEcho(t, port, "still serving")
+}

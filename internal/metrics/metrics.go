@@ -57,7 +57,7 @@ func newDescs() descs {
 	target := []string{"app", "target"}
 	return descs{
 		connections: prometheus.NewDesc("tcpproxy_connections_total",
-			"Client connections accepted by the app (rejected ones are not counted here).",
+			"Client connections handed to the app, those it then turned away (tcpproxy_connections_rejected_total) included.",
 			app, nil),
 		rejected: prometheus.NewDesc("tcpproxy_connections_rejected_total",
 			"Client connections closed on accept: reason=\"limit\" by max_connections, reason=\"denied\" by the allow/deny rules.",

@@ -70,7 +70,7 @@ func histogramText(app string, cum [len(stats.DurationBuckets)]uint64, count uin
 
 func TestCollectorExportsEverySeries(t *testing.T) {
 	want := `
-# HELP tcpproxy_connections_total Client connections accepted by the app (rejected ones are not counted here).
+# HELP tcpproxy_connections_total Client connections handed to the app, those it then turned away (tcpproxy_connections_rejected_total) included.
 # TYPE tcpproxy_connections_total counter
 tcpproxy_connections_total{app="web"} 120
 tcpproxy_connections_total{app="idle"} 0
