@@ -302,7 +302,7 @@ func TestBinaryUpgradeFailureReportedAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := exec.Command(bin, "-upgrade", "-pid-file", pidFile)
-	up.Path = buildBinary(t) // the client itself is a working binary
+	up.Path = buildBinary(t)        // the client itself is a working binary
 	res, err := up.CombinedOutput() // before the fix: a minute's wait, then "no new process took over"
 	if err == nil || !strings.Contains(string(res), "the upgrade failed") {
 		t.Fatalf("tcpproxy -upgrade: %v\n%s\nproxy log:\n%s", err, res, out)
