@@ -19,6 +19,7 @@ import (
 	"github.com/michaeldbianchi/tcpproxy/internal/balance"
 	"github.com/michaeldbianchi/tcpproxy/internal/health"
 	"github.com/michaeldbianchi/tcpproxy/internal/proxyproto"
+	"github.com/michaeldbianchi/tcpproxy/internal/relay"
 	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
 
@@ -221,6 +222,68 @@ func (s *session) connect() (*net.TCPConn, string) {
 		}
 	}
 	return target, ""
+}
+
+// relay hands the client and its dialed target to the library's relay,
+// DialProxy, and ends the session when both directions are done. It
+// runs on a goroutine of its own, so the goroutine that peeked and
+// dialed, with its grown stack and the library's peek buffer, is gone
+// while the connection lasts.
+func (s *session) relay(target *net.TCPConn) {
+	app := s.ft.app
+	relay.SetKeepAlive(s.client, app.KeepAlive) // DialProxy cannot unwrap a relay.Conn to do it
+	relay.SetKeepAlive(target, app.KeepAlive)
+	idle := relay.NewTimeouts(app.IdleTimeout, app.HalfCloseTimeout)
+	client, dst := relay.New(s.client, idle), relay.New(target, idle)
+	var src net.Conn = client
+	if len(s.peeked) > 0 {
+		// The library writes Peeked to the target before relaying.
+		src = &tcpproxy.Conn{HostName: s.info.serverName, Peeked: s.peeked, Conn: client}
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.ft.log.Error("panic in relay", "client", s.info.client.String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			client.Close()
+			dst.Close()
+			if !s.ended {
+				s.end("panic")
+			}
+		}
+	}()
+	dp := &tcpproxy.DialProxy{
+		DialTimeout: -1, // dialed already: no timer
+		DialContext: func(context.Context, string, string) (net.Conn, error) { return dst, nil },
+	}
+	dp.HandleConn(src)
+	s.relayed(client, dst, idle, len(s.peeked))
+}
+
+// relayed records what the relay moved and ends the session.
+func (s *session) relayed(client, target *relay.Conn, idle *relay.Idle, peeked int) {
+	st := s.ft.stats
+	s.info.toTarget, s.info.toClient = client.BytesRead()+int64(peeked), target.BytesRead()
+	st.bytesToTarget.Add(s.info.toTarget)
+	st.bytesToClient.Add(s.info.toClient)
+	st.duration.Observe(time.Since(s.start))
+	result := "ok"
+	if idle.TimedOut() {
+		st.idleTimeouts.Add(1)
+		result = "idle timeout"
+	}
+	for _, c := range []*relay.Conn{client, target} {
+		if p := c.Panicked(); p != nil {
+			s.ft.log.Error("panic in relay", "client", s.info.client.String(), "panic", fmt.Sprint(p))
+			result = "panic"
+		}
+	}
+	s.end(result)
+}
+
+// turnAway closes a client that will not be relayed so that it sees EOF
+// (see lingerClose), and ends the session with result.
+func (s *session) turnAway(result string) {
+	lingerClose(s.client)
+	s.end(result)
 }
 
 // dial tries the app's targets in the balancer's order until one
