@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -47,26 +46,8 @@ func TestBinaryUpgrade(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			buf := make([]byte, 5)
 			for !stop.Load() {
-				err := func() error {
-					c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-					if err != nil {
-						return err
-					}
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(10 * time.Second))
-					if _, err := c.Write([]byte("ping\n")); err != nil {
-						return err
-					}
-					if _, err := io.ReadFull(c, buf); err != nil {
-						return err
-					}
-					if string(buf) != "ping\n" {
-						return fmt.Errorf("echo %q", buf)
-					}
-					return nil
-				}()
+				err := echoOnce(fmt.Sprintf("127.0.0.1:%d", port))
 				if err != nil {
 					fail.Add(1)
 					errs.Store(err.Error(), true)
