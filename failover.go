@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"runtime/debug"
@@ -42,6 +43,7 @@ type failoverTarget struct {
 	pool    *balance.Pool
 	conns   *connSet
 	stats   *appStats
+	past    map[string]*targetState // targets of earlier generations that this one lacks; see commit
 
 	// panicHook, when set by a test, runs inside HandleConn to inject a
 	// panic where a real bug would strike.
@@ -72,6 +74,11 @@ type appStats struct {
 	bytesToClient  atomic.Int64
 	duration       stats.DurationRecorder
 	logs           appLogs // rate limits of the per-connection log lines
+
+	// pastTargets are the targets a reload removed, by address, so that
+	// one added back carries on from its counts. Only apply (under
+	// proxyServer.mu) touches it.
+	pastTargets map[string]*targetState
 }
 
 // newFailoverTarget builds the Target of app. ctx bounds every dial. If
@@ -98,12 +105,15 @@ func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, co
 	old := map[string]*targetState{}
 	if prev != nil {
 		ft.stats = prev.stats
+		maps.Copy(old, prev.stats.pastTargets)
 		for i, t := range prev.app.Targets {
 			old[t.Address] = prev.targets[i]
 		}
 	}
+	ft.past = old
 	for _, t := range app.Targets {
 		ts := old[t.Address]
+		delete(ft.past, t.Address)
 		if ts == nil {
 			ts = &targetState{health: health.NewTarget(t.Address, ft.policy(), ft.log)}
 		}
@@ -118,11 +128,13 @@ func (ft *failoverTarget) policy() health.Policy {
 }
 
 // commit makes ft's settings those of the targets it shares with the
-// previous generation, once the config ft belongs to is in force.
+// previous generation, and remembers the targets it dropped, once the
+// config ft belongs to is in force.
 func (ft *failoverTarget) commit() {
 	for _, ts := range ft.targets {
 		ts.health.SetPolicy(ft.policy())
 	}
+	ft.stats.pastTargets = ft.past
 }
 
 // poolFor returns the balancer of app: prev's when the strategy and the

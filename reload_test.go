@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
 
 // applyYAML reloads a running in-process proxy with yamlText.
@@ -614,4 +616,49 @@ func echoOnce(addr string) error {
 		return fmt.Errorf("echo %q", buf)
 	}
 	return nil
+}
+
+// TestReloadRemovedAppStaysCounted: an app a reload removes is shown
+// (marked removed) while its connections drain, and an app or target
+// removed and added back goes on from its counts, which are since start
+// (#16 item 12).
+func TestReloadRemovedAppStaysCounted(t *testing.T) {
+	a, b := startBackend(t, echoHandler), startBackend(t, echoHandler)
+	p, q := freePort(t), freePort(t)
+	both := "apps:\n" + appYAML("web", []int{p}, []string{a.addr, b.addr}, "balance: round_robin") + appYAML("other", []int{q}, []string{a.addr}, "")
+	srv, _ := startProxy(t, both)
+	for i := 0; i < 4; i++ {
+		heldEcho(t, p, "x").Close()
+	}
+	held := heldEcho(t, p, "held")
+	findApp := func(name string) *stats.App {
+		for _, app := range srv.snapshot().Apps {
+			if app.Name == name {
+				return &app
+			}
+		}
+		return nil
+	}
+	applyYAML(t, srv, "apps:\n"+appYAML("other", []int{q}, []string{a.addr}, ""))
+	waitFor(t, 5*time.Second, "the removed app with its one open connection", func() bool {
+		app := findApp("web") // the closed ones end asynchronously
+		return app != nil && app.Removed && app.Active == 1 && app.Total == 5
+	})
+	held.Close()
+	waitFor(t, 5*time.Second, "the removed app to drain", func() bool { return findApp("web") == nil })
+
+	applyYAML(t, srv, "apps:\n"+appYAML("web", []int{p}, []string{a.addr}, "")+appYAML("other", []int{q}, []string{a.addr}, ""))
+	heldEcho(t, p, "y").Close()
+	applyYAML(t, srv, both) // b back too
+	app := findApp("web")
+	if app == nil || app.Removed || app.Total != 6 {
+		t.Fatalf("app added back: %+v, want total 6 since start", app)
+	}
+	waitFor(t, 5*time.Second, "the last connection to end", func() bool { return findApp("web").Active == 0 })
+	app = findApp("web")
+	for _, tg := range app.Targets {
+		if want := map[string]int64{a.addr: 4, b.addr: 2}[tg.Address]; tg.Total != want {
+			t.Errorf("target %s total %d, want %d since start", tg.Address, tg.Total, want)
+		}
+	}
 }

@@ -43,6 +43,7 @@ type proxyServer struct {
 	routes   map[string]*listenRoute    // by listen address
 	unrouted map[string]*unroutedStats  // by listen address, since start
 	apps     map[string]*failoverTarget // current generation, by app name
+	past     map[string]*failoverTarget // apps a reload removed, their last generation, by name
 	checks   map[string]*checker        // active health checks, by app name
 	current  atomic.Pointer[[]*failoverTarget]
 	ready    atomic.Bool // every listener open, not draining
@@ -77,6 +78,7 @@ func newProxyServer(log *slog.Logger, listen func(network, addr string) (net.Lis
 		routes:   map[string]*listenRoute{},
 		unrouted: map[string]*unroutedStats{},
 		apps:     map[string]*failoverTarget{},
+		past:     map[string]*failoverTarget{},
 		checks:   map[string]*checker{},
 	}
 	empty := []*failoverTarget{}
@@ -132,6 +134,10 @@ func (s *proxyServer) apply(cfg *config) (reloadSummary, error) {
 	s.commitRoutes(tables, opened, &sum)
 	for _, ft := range gen {
 		ft.commit()
+		delete(s.past, ft.app.Name)
+	}
+	for _, name := range sum.removed {
+		s.past[name] = s.apps[name]
 	}
 	s.apps = apps
 	s.current.Store(&gen)
@@ -165,6 +171,9 @@ func (s *proxyServer) buildGeneration(cfg *config) (map[string]*failoverTarget, 
 	gen := make([]*failoverTarget, 0, len(cfg.Apps))
 	for _, app := range cfg.Apps {
 		prev := s.apps[app.Name]
+		if prev == nil {
+			prev = s.past[app.Name] // removed earlier: its counts go on
+		}
 		ft, err := newFailoverTarget(s.ctx, app, s.log, s.conns, prev)
 		if err != nil {
 			return nil, nil, sum, err
@@ -172,7 +181,7 @@ func (s *proxyServer) buildGeneration(cfg *config) (map[string]*failoverTarget, 
 		apps[app.Name] = ft
 		gen = append(gen, ft)
 		switch {
-		case prev == nil:
+		case s.apps[app.Name] == nil:
 			sum.added = append(sum.added, app.Name)
 		case !reflect.DeepEqual(prev.app, app):
 			sum.changed = append(sum.changed, app.Name)
@@ -369,12 +378,31 @@ func (s *proxyServer) snapshot() stats.Snapshot {
 	for i, ft := range gen {
 		snap.Apps[i] = ft.snapshot()
 	}
+	snap.Apps = append(snap.Apps, s.removedDraining()...)
 	snap.Listeners = s.listenerStats()
 	snap.Reloads = stats.Reloads{Success: s.reloads.success.Load(), Failure: s.reloads.failure.Load()}
 	if t := s.reloads.lastSuccess.Load(); t != 0 {
 		snap.Reloads.LastSuccess = time.Unix(0, t)
 	}
 	return snap
+}
+
+// removedDraining returns the apps a reload removed that still have open
+// connections, marked removed: shutdown waits for them, so status and
+// metrics show them.
+func (s *proxyServer) removedDraining() []stats.App {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []stats.App
+	for _, ft := range s.past {
+		if ft.stats.active.Load() > 0 {
+			a := ft.snapshot()
+			a.Removed = true
+			out = append(out, a)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
 }
 
 // listenerStats returns every listen address's unrouted counts, by

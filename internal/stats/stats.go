@@ -63,6 +63,8 @@ type App struct {
 	// leaves them zero and the admin server fills them in.
 	Rates   Rates    `json:"rates"`
 	Targets []Target `json:"targets"`
+	// Removed marks an app a reload removed whose connections still run.
+	Removed bool `json:"removed,omitempty"`
 }
 
 // RateWindow is the span the admin server's rates are taken over.
