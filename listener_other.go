@@ -7,6 +7,10 @@ import (
 	"net"
 )
 
+// acceptQueueLen is Linux-only; elsewhere a retiring listener closes
+// after its grace period, and connections still in its queue are reset.
+func acceptQueueLen(net.Listener) (int, bool) { return 0, false }
+
 // enableReusePort is Linux-only; elsewhere a reload that moves a port
 // between all interfaces and one address fails while the old socket is
 // open, and changes nothing.

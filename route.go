@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,80 @@ type listenRoute struct {
 	unrouted *unroutedStats // outlives the route: shared by the address's routes
 	log      *slog.Logger
 	closing  atomic.Bool // Close was called: the accept loop's end is expected
+	// alias is set on a route the config no longer names, kept open
+	// because a wildcard address on its port covers it (see
+	// proxyServer.withAliases); it routes with that address's table.
+	// Guarded by proxyServer.mu.
+	alias bool
+
+	retireMu sync.Mutex
+	retiring bool // retire was called and the route has not closed yet
+	closed   bool
+}
+
+// Bounds of a retiring route's wait: it keeps its socket open for
+// retireGrace, long enough for handshakes that reached it before a new
+// socket took its address over to complete, then until its accept queue
+// is empty, for retireWait at most.
+const (
+	retireGrace = 250 * time.Millisecond
+	retireWait  = time.Second
+)
+
+// retire closes the route once the connections that reached its socket
+// are taken (closing a listening socket resets those still in its
+// queue); its accept loop serves them meanwhile. revive takes it back.
+func (r *listenRoute) retire() {
+	r.retireMu.Lock()
+	r.retiring = true
+	r.retireMu.Unlock()
+	r.closing.Store(true)
+	go func() {
+		start := time.Now()
+		for time.Since(start) < retireWait {
+			if n, ok := acceptQueueLen(r.ln); !ok || n == 0 && time.Since(start) >= retireGrace {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		r.retireMu.Lock()
+		defer r.retireMu.Unlock()
+		if r.retiring { // not taken back meanwhile
+			r.closed = true
+			r.proxy.Close()
+		}
+	}()
+}
+
+// closeNow closes the route at once, retiring or not.
+func (r *listenRoute) closeNow() {
+	r.retireMu.Lock()
+	defer r.retireMu.Unlock()
+	r.retiring, r.closed = false, true
+	r.closing.Store(true)
+	r.proxy.Close()
+}
+
+// isClosed reports whether a retiring route has closed.
+func (r *listenRoute) isClosed() bool {
+	r.retireMu.Lock()
+	defer r.retireMu.Unlock()
+	return r.closed
+}
+
+// revive takes back a retiring route that has not closed yet, so that a
+// reload that wants its socket again uses it rather than binding a
+// second one beside it. It reports whether the route is open and now
+// the caller's.
+func (r *listenRoute) revive() bool {
+	r.retireMu.Lock()
+	defer r.retireMu.Unlock()
+	if r.closed || !r.retiring {
+		return false
+	}
+	r.retiring = false
+	r.closing.Store(false)
+	return true
 }
 
 // unroutedStats counts one listen address's connections that matched

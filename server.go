@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"net/netip"
 	"reflect"
 	"slices"
 	"sort"
@@ -41,6 +43,7 @@ type proxyServer struct {
 	mu       sync.Mutex // serializes apply and shutdown
 	cfg      *config
 	routes   map[string]*listenRoute    // by listen address
+	retiring map[string]*listenRoute    // removed routes that may still be open, by address
 	unrouted map[string]*unroutedStats  // by listen address, since start
 	apps     map[string]*failoverTarget // current generation, by app name
 	past     map[string]*failoverTarget // apps a reload removed, their last generation, by name
@@ -76,6 +79,7 @@ func newProxyServer(log *slog.Logger, listen func(network, addr string) (net.Lis
 		conns:    newConnSet(),
 		listen:   listen,
 		routes:   map[string]*listenRoute{},
+		retiring: map[string]*listenRoute{},
 		unrouted: map[string]*unroutedStats{},
 		apps:     map[string]*failoverTarget{},
 		past:     map[string]*failoverTarget{},
@@ -127,11 +131,13 @@ func (s *proxyServer) apply(cfg *config) (reloadSummary, error) {
 		return reloadSummary{}, err
 	}
 	tables := buildTables(gen)
-	opened, err := s.openRoutes(tables)
+	s.reviveRetiring(tables)
+	want := s.withAliases(tables)
+	opened, err := s.openRoutes(want)
 	if err != nil {
 		return reloadSummary{}, err
 	}
-	s.commitRoutes(tables, opened, &sum)
+	s.commitRoutes(want, tables, opened, &sum)
 	for _, ft := range gen {
 		ft.commit()
 		delete(s.past, ft.app.Name)
@@ -203,15 +209,15 @@ func (s *proxyServer) buildGeneration(cfg *config) (map[string]*failoverTarget, 
 // becoming "127.0.0.1:80", or back) binds beside it with SO_REUSEPORT, so
 // nothing is released before the reload is known to succeed. If one
 // fails, the routes it started are closed and nothing has changed.
-func (s *proxyServer) openRoutes(tables map[string]*routeTable) (map[string]*listenRoute, error) {
+func (s *proxyServer) openRoutes(want map[string]*routeTable) (map[string]*listenRoute, error) {
 	opened := map[string]*listenRoute{}
-	for addr, t := range tables {
+	for addr, t := range want {
 		old := s.routes[addr]
 		if old != nil && old.shape == t.shape() {
 			continue
 		}
 		if old == nil {
-			old = s.sameSocket(addr, tables)
+			old = s.sameSocket(addr, want)
 		}
 		r, err := s.startRoute(addr, t, old, false)
 		if err != nil && old == nil && errors.Is(err, syscall.EADDRINUSE) && s.shareConflicting(addr) {
@@ -228,22 +234,87 @@ func (s *proxyServer) openRoutes(tables map[string]*routeTable) (map[string]*lis
 	return opened, nil
 }
 
-// sameSocket returns a running route, not wanted any more, whose socket
-// is bound to the address addr resolves to, or nil.
+// sameSocket returns a route, running or retiring (then revived), not
+// wanted any more, whose socket is bound to the address addr resolves
+// to, or nil. Its socket is taken over, never bound beside: two sockets
+// on one address with SO_REUSEPORT share its new connections, and the
+// one that closes resets those it holds.
 func (s *proxyServer) sameSocket(addr string, want map[string]*routeTable) *listenRoute {
 	ta, err := net.ResolveTCPAddr(listenNetwork(addr), addr)
 	if err != nil || ta.IP == nil || ta.IP.IsUnspecified() {
 		return nil
 	}
+	bound := func(r *listenRoute) bool {
+		la, ok := r.ln.Addr().(*net.TCPAddr)
+		return ok && la.Port == ta.Port && la.IP.Equal(ta.IP)
+	}
 	for old, r := range s.routes {
-		if want[old] != nil {
-			continue
+		if want[old] == nil && bound(r) {
+			return r
 		}
-		if la, ok := r.ln.Addr().(*net.TCPAddr); ok && la.Port == ta.Port && la.IP.Equal(ta.IP) {
+	}
+	for old, r := range s.retiring {
+		if bound(r) && r.revive() {
+			delete(s.retiring, old)
+			r.retire() // its socket lives on in the route that takes it over
 			return r
 		}
 	}
 	return nil
+}
+
+// reviveRetiring takes back the retiring routes of wanted addresses that
+// are still open, as if they had never been removed; it forgets those
+// that closed.
+func (s *proxyServer) reviveRetiring(tables map[string]*routeTable) {
+	for addr, r := range s.retiring {
+		if tables[addr] != nil && s.routes[addr] == nil && r.revive() {
+			s.routes[addr] = r
+			delete(s.retiring, addr)
+		} else if r.isClosed() {
+			delete(s.retiring, addr)
+		}
+	}
+}
+
+// withAliases returns tables plus, for each running route that tables
+// drop but whose socket a new wildcard address on the same port covers
+// ("127.0.0.1:80" when ":80" is wanted), that wildcard's table: the
+// covered socket stays open and routes like the wildcard. The kernel
+// prefers it to the wildcard for its own address, so it would never
+// drain, and closing it would reset the connections in its queue.
+func (s *proxyServer) withAliases(tables map[string]*routeTable) map[string]*routeTable {
+	want := maps.Clone(tables)
+	for addr := range s.routes {
+		if tables[addr] != nil {
+			continue
+		}
+		for w, t := range tables {
+			if coversAddr(w, addr) {
+				want[addr] = t
+				break
+			}
+		}
+	}
+	return want
+}
+
+// coversAddr reports whether a socket on wildcard address w would get
+// every connection that a socket on address a gets: the same port, and
+// w's host unset (every address) or the unspecified address of a's
+// family.
+func coversAddr(w, a string) bool {
+	wh, wp, _ := net.SplitHostPort(w)
+	ah, ap, _ := net.SplitHostPort(a)
+	ip, err := netip.ParseAddr(ah)
+	if wp != ap || err != nil || ip.IsUnspecified() {
+		return false
+	}
+	if wh == "" {
+		return true
+	}
+	wip, err := netip.ParseAddr(wh)
+	return err == nil && wip.IsUnspecified() && wip.Is4() == ip.Unmap().Is4()
 }
 
 // shareConflicting sets SO_REUSEPORT on the running sockets that hold
@@ -297,17 +368,19 @@ func (s *proxyServer) listenOn(addr string, beside bool) (net.Listener, error) {
 	return lc.Listen(context.Background(), listenNetwork(addr), addr)
 }
 
-// commitRoutes makes tables current: routes that stay get their new
+// commitRoutes makes want current: routes that stay get their new
 // table, new ones are published (closing the route whose socket they
-// took over), and the routes of removed addresses close.
-func (s *proxyServer) commitRoutes(tables map[string]*routeTable, opened map[string]*listenRoute, sum *reloadSummary) {
+// took over), and the routes of addresses no longer wanted retire. An
+// alias (wanted, but not in tables) is not reported opened or closed.
+func (s *proxyServer) commitRoutes(want, tables map[string]*routeTable, opened map[string]*listenRoute, sum *reloadSummary) {
 	for addr, r := range s.routes {
 		switch {
 		case opened[addr] != nil:
-		case tables[addr] != nil:
-			r.table.Store(tables[addr])
+		case want[addr] != nil:
+			r.table.Store(want[addr])
 		default:
-			r.close()
+			r.retire()
+			s.retiring[addr] = r
 			delete(s.routes, addr)
 			sum.closed = append(sum.closed, addr)
 		}
@@ -315,10 +388,13 @@ func (s *proxyServer) commitRoutes(tables map[string]*routeTable, opened map[str
 	for addr, r := range opened {
 		if old := s.routes[addr]; old != nil {
 			old.close() // its socket stays open in r
-		} else {
+		} else if tables[addr] != nil {
 			sum.opened = append(sum.opened, addr)
 		}
 		s.routes[addr] = r
+	}
+	for addr, r := range s.routes {
+		r.alias = tables[addr] == nil
 	}
 }
 
@@ -426,7 +502,7 @@ func (s *proxyServer) listeners() map[string]*net.TCPListener {
 	defer s.mu.Unlock()
 	out := make(map[string]*net.TCPListener, len(s.routes))
 	for addr, r := range s.routes {
-		if rl, ok := r.ln.(*retryListener); ok {
+		if rl, ok := r.ln.(*retryListener); ok && !r.alias {
 			out[addr] = rl.TCPListener
 		}
 	}
@@ -444,6 +520,10 @@ func (s *proxyServer) stopAccepting() {
 	for addr, r := range s.routes {
 		r.close()
 		delete(s.routes, addr)
+	}
+	for addr, r := range s.retiring {
+		r.closeNow()
+		delete(s.retiring, addr)
 	}
 }
 
