@@ -665,3 +665,18 @@ func TestReloadRemovedAppStaysCounted(t *testing.T) {
 		}
 	}
 }
+
+// TestReloadSummaryNamesMovedListener: a port moving from every interface
+// to 127.0.0.1 is reported opened and closed (#16 item 12).
+func TestReloadSummaryNamesMovedListener(t *testing.T) {
+	be := startBackend(t, echoHandler)
+	p := freePort(t)
+	app := func(listen string) string {
+		return fmt.Sprintf("apps:\n- name: a\n  %s\n  ports: [%d]\n  targets: [%q]\n", listen, p, be.addr)
+	}
+	srv, _ := startProxy(t, app(""))
+	sum := applyYAML(t, srv, app("listen: 127.0.0.1"))
+	if got, want := fmt.Sprint(sum.opened, sum.closed), fmt.Sprintf("[127.0.0.1:%d] [:%d]", p, p); got != want {
+		t.Fatalf("opened, closed = %s, want %s", got, want)
+	}
+}

@@ -86,6 +86,7 @@ type listenRoute struct {
 	ln       net.Listener // the socket, set by the Proxy's ListenFunc
 	table    atomic.Pointer[routeTable]
 	unrouted *unroutedStats // outlives the route: shared by the address's routes
+	conns    *connSet       // the server's open connections, for shutdown
 	log      *slog.Logger
 	closing  atomic.Bool // Close was called: the accept loop's end is expected
 	// alias is set on a route the config no longer names, kept open
@@ -173,8 +174,8 @@ type unroutedStats struct {
 
 // startRoute starts a Proxy for addr routing by t. listen opens (or
 // hands over) the listening socket.
-func startRoute(addr string, t *routeTable, st *unroutedStats, log *slog.Logger, listen func() (net.Listener, error)) (*listenRoute, error) {
-	r := &listenRoute{addr: addr, shape: t.shape(), proxy: &tcpproxy.Proxy{}, unrouted: st, log: log.With("listen", addr)}
+func startRoute(addr string, t *routeTable, st *unroutedStats, conns *connSet, log *slog.Logger, listen func() (net.Listener, error)) (*listenRoute, error) {
+	r := &listenRoute{addr: addr, shape: t.shape(), proxy: &tcpproxy.Proxy{}, unrouted: st, conns: conns, log: log.With("listen", addr)}
 	r.table.Store(t)
 	r.proxy.ListenFunc = func(_, _ string) (net.Listener, error) {
 		ln, err := listen()
@@ -263,6 +264,9 @@ func (r *listenRoute) fallback(t *routeTable, c net.Conn) {
 func (r *listenRoute) reject(c net.Conn) {
 	defer closeTurnedAway(c)
 	ac, _ := tcpproxy.UnderlyingConn(c).(*acceptedConn)
+	if ac != nil {
+		defer r.conns.remove(ac.entry)
+	}
 	reason, n := "no_match", &r.unrouted.noMatch
 	switch {
 	case ac != nil && ac.hdrErr != nil:
@@ -298,7 +302,9 @@ func (l routeListener) Accept() (net.Conn, error) {
 		if !ok || t.preread == 0 && !t.acceptProxy {
 			return c, nil
 		}
-		ac := &acceptedConn{TCPConn: tc, proxyHeader: t.acceptProxy}
+		// Tracked for shutdown from accept: the library may read its
+		// PROXY header and peek for a while before any app has it.
+		ac := &acceptedConn{TCPConn: tc, proxyHeader: t.acceptProxy, entry: l.r.conns.add(tc)}
 		if t.preread == 0 {
 			return ac, nil
 		}

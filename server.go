@@ -355,7 +355,7 @@ func (s *proxyServer) startRoute(addr string, t *routeTable, old *listenRoute, b
 		st = &unroutedStats{}
 		s.unrouted[addr] = st
 	}
-	return startRoute(addr, t, st, s.log, listen)
+	return startRoute(addr, t, st, s.conns, s.log, listen)
 }
 
 // listenOn opens a listening socket for addr, with SO_REUSEPORT if

@@ -30,8 +30,9 @@ const proxyHeaderTimeout = 5 * time.Second
 // then the app's HandleConn on that same goroutine.
 type acceptedConn struct {
 	*net.TCPConn
-	deadline    time.Time // preread deadline set at accept; zero if none
-	proxyHeader bool      // a PROXY header comes first
+	entry       *connEntry // in the server's connSet since accept; the session takes it over
+	deadline    time.Time  // preread deadline set at accept; zero if none
+	proxyHeader bool       // a PROXY header comes first
 	hdrRead     bool
 	hdr         proxyproto.Header
 	hdrErr      error
@@ -107,7 +108,7 @@ func newSession(ft *failoverTarget, c net.Conn) (*session, error) {
 	case *net.TCPConn:
 		s.client = u
 	case *acceptedConn:
-		s.client, s.accepted = u.TCPConn, u
+		s.client, s.accepted, s.entry = u.TCPConn, u, u.entry
 	default:
 		return nil, fmt.Errorf("unexpected connection type %T", u)
 	}
@@ -156,7 +157,9 @@ func (s *session) takeSlot() bool {
 		return false
 	}
 	s.active = true
-	s.entry = ft.conns.add(s.client)
+	if s.entry == nil { // tracked since accept otherwise
+		s.entry = ft.conns.add(s.client)
+	}
 	return true
 }
 

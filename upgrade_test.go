@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -289,4 +290,29 @@ func TestBinaryUpgradeFailureReportedAtOnce(t *testing.T) {
 		t.Fatalf("tcpproxy -upgrade: %v\n%s\nproxy log:\n%s", err, res, out)
 	}
 	heldEcho(t, port, "still serving")
+}
+
+// TestBinaryDrainWaitsForUnroutedClients: a client on a name-routed port
+// that has connected but not yet sent what routes it when SIGTERM comes
+// is tracked from accept, so the drain waits for it: routed and relayed
+// once it speaks, not dropped (#16 item 5).
+func TestBinaryDrainWaitsForUnroutedClients(t *testing.T) {
+	a := tlsBackend(t, "a")
+	port := freePort(t)
+	path := writeConfig(t, "shutdown_timeout: 30s\napps:\n"+appYAML("a", []int{port}, []string{a.addr}, "sni: [a.test]\npreread_timeout: 20s"))
+	proc, out := startBinary(t, port, "-c", path)
+	raw := dialProxy(t, port) // accepted, then silent: the library is peeking
+	waitFor(t, 5*time.Second, "the silent client to be accepted", func() bool {
+		s, _ := procFDs(t, proc.Pid)
+		return s >= 2 // the listener and the client
+	})
+	proc.Signal(syscall.SIGTERM)
+	waitFor(t, 5*time.Second, "the drain to start", func() bool { return strings.Contains(out.String(), "shutting down") })
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	c := tls.Client(raw, &tls.Config{ServerName: "a.test", InsecureSkipVerify: true})
+	if got := readLine(t, c); got != "a" {
+		t.Fatalf("the client that spoke after SIGTERM: %q\n%s", got, out)
+	}
+	c.Close()
+	waitFor(t, 10*time.Second, "the process to stop", func() bool { return stoppedWithoutCut.MatchString(out.String()) })
 }
