@@ -191,7 +191,7 @@ func (r *listenRoute) reject(c net.Conn) {
 	reason, n := "no_match", &r.unrouted.noMatch
 	switch {
 	case ac != nil && ac.hdrErr != nil:
-		r.unrouted.badHeaderLog.log(r.log, slog.LevelWarn, "bad PROXY protocol header", "client", c.RemoteAddr().String(), "err", ac.hdrErr)
+		r.unrouted.badHeaderLog.log(r.log, slog.LevelWarn, "bad PROXY protocol header", "client", clientAddr(c), "err", ac.hdrErr)
 		return
 	case ac != nil && ac.timedOut:
 		reason, n = "preread_timeout", &r.unrouted.prereadTimeout

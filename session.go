@@ -113,7 +113,7 @@ func newSession(ft *failoverTarget, c net.Conn) (*session, error) {
 	default:
 		return nil, fmt.Errorf("unexpected connection type %T", u)
 	}
-	s.info.client = addrPort(s.client.RemoteAddr())
+	s.info.client = peerAddr(s.client.RemoteAddr())
 	return s, nil
 }
 
@@ -137,7 +137,7 @@ func (s *session) admit() string {
 		}
 		s.hdr = h
 		if h.Source.IsValid() {
-			s.info.client = h.Source
+			s.info.client = netip.AddrPortFrom(h.Source.Addr().Unmap(), h.Source.Port())
 		}
 	}
 	if !ft.allowed(s.info.client.Addr().Unmap()) {
@@ -278,7 +278,7 @@ func (ft *failoverTarget) accessLog(client *net.TCPConn, start time.Time, info *
 	)
 }
 
-// clientAddr is c's peer address for logs.
+// clientAddr is c's peer address for logs, unmapped (see peerAddr).
 func clientAddr(c net.Conn) string {
-	return addrPort(c.RemoteAddr()).String()
+	return peerAddr(c.RemoteAddr()).String()
 }
