@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	tcpproxy [-c config.yaml] [-watch] [-pid-file PATH] [-log-format text|json] [-pprof ADDR] [-demo]
+//	tcpproxy [-c config.yaml] [-watch] [-pid-file PATH] [-log-format text|json] [-log-level LEVEL] [-pprof ADDR] [-demo]
 //	tcpproxy -check|-t [-c config.yaml]
 //	tcpproxy -upgrade -pid-file PATH
 //	tcpproxy -version
@@ -53,6 +53,7 @@ type options struct {
 	pidFile    string
 	pprofAddr  string
 	logFormat  string
+	logLevel   string // -log-level: debug, info (the default), warn or error
 	version    bool
 	// adminToken is TCPPROXY_ADMIN_TOKEN; when set it overrides the
 	// config's admin_token.
@@ -69,7 +70,7 @@ const (
 const usageHead = `tcpproxy: a layer-4 (TCP) proxy and load balancer.
 
 Usage:
-  tcpproxy [-c config.yaml] [-watch] [-pid-file PATH] [-log-format text|json] [-pprof ADDR] [-demo]
+  tcpproxy [-c config.yaml] [-watch] [-pid-file PATH] [-log-format text|json] [-log-level LEVEL] [-pprof ADDR] [-demo]
   tcpproxy -check [-c config.yaml]      (or -t: validate the config and exit)
   tcpproxy -upgrade -pid-file PATH      (upgrade the running proxy to the binary on disk)
   tcpproxy -version
@@ -113,6 +114,9 @@ func parseFlags(args []string, getenv func(string) string, help io.Writer) (*opt
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return nil, fmt.Errorf("-log-format %q: must be text or json", o.logFormat)
 	}
+	if _, ok := logLevels[o.logLevel]; !ok {
+		return nil, fmt.Errorf("-log-level %q: must be debug, info, warn or error", o.logLevel)
+	}
 	if o.adminToken != "" && !bearerTokenRE.MatchString(o.adminToken) {
 		return nil, errors.New(envAdminToken + ": must be a bearer token of letters, digits and -._~+/")
 	}
@@ -142,6 +146,7 @@ func newFlagSet(o *options, getenv func(string) string) *flag.FlagSet {
 	fs.StringVar(&o.pidFile, "pid-file", "", "write the process ID to `path` once serving (rewritten by an upgraded process)")
 	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060), for profiling; off by default")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: `text` or json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "lowest `level` logged: debug (with the per-connection lines access_log: false puts there), info, warn or error")
 	fs.BoolVar(&o.version, "version", false, "print the version, commit, build date, Go version and platform, and exit")
 	return fs
 }
@@ -178,7 +183,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, cfg.summary())
 		return 0
 	}
-	log := newLogger(stderr, opts.logFormat)
+	log := newLogger(stderr, opts.logFormat, logLevels[opts.logLevel])
 	return serve(opts, cfg, log)
 }
 
@@ -363,9 +368,15 @@ func servePprof(addr string, ln net.Listener, log *slog.Logger) (net.Listener, e
 // over.
 func pprofKey(addr string) string { return "pprof " + addr }
 
-func newLogger(w io.Writer, format string) *slog.Logger {
+// logLevels are the values of -log-level (default info).
+var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+// newLogger returns the process's logger: text or JSON lines on w, from
+// level up.
+func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, nil))
+		return slog.New(slog.NewJSONHandler(w, opts))
 	}
-	return slog.New(slog.NewTextHandler(w, nil))
+	return slog.New(slog.NewTextHandler(w, opts))
 }
