@@ -100,8 +100,11 @@ type appConfig struct {
 	AccessLog           bool
 	ProxyProtocol       int // PROXY protocol version sent to targets; 0 is none
 	AcceptProxyProtocol bool
-	KeepAlive           time.Duration // 0: the library's default (1m); < 0: off
-	IdleTimeout         time.Duration // 0: off
+	// ProxyProtocolFrom are the load balancers allowed to send a PROXY
+	// header; required (non-empty) with AcceptProxyProtocol, no default.
+	ProxyProtocolFrom []netip.Prefix
+	KeepAlive         time.Duration // 0: the library's default (1m); < 0: off
+	IdleTimeout       time.Duration // 0: off
 	// HalfCloseTimeout bounds the phase after one side has finished: the
 	// other direction is closed once it moves no data for this long.
 	HalfCloseTimeout time.Duration
@@ -177,12 +180,14 @@ type appOptions struct {
 	AccessLog      *bool            `yaml:"access_log"`
 	ProxyProtocol  *int             `yaml:"proxy_protocol"`
 	AcceptProxy    *bool            `yaml:"accept_proxy_protocol"`
-	KeepAlive      *string          `yaml:"keepalive"`
-	IdleTimeout    *string          `yaml:"idle_timeout"`
-	HalfClose      *string          `yaml:"half_close_timeout"`
-	SNI            *[]string        `yaml:"sni"`
-	HTTPHost       *[]string        `yaml:"http_host"`
-	PrereadTimeout *string          `yaml:"preread_timeout"`
+	// ProxyProtocolFrom lists who may send a PROXY header (trust.go).
+	ProxyProtocolFrom *[]string `yaml:"proxy_protocol_from"`
+	KeepAlive         *string   `yaml:"keepalive"`
+	IdleTimeout       *string   `yaml:"idle_timeout"`
+	HalfClose         *string   `yaml:"half_close_timeout"`
+	SNI               *[]string `yaml:"sni"`
+	HTTPHost          *[]string `yaml:"http_host"`
+	PrereadTimeout    *string   `yaml:"preread_timeout"`
 }
 
 type healthCheckFile struct {
@@ -593,6 +598,7 @@ func (v *validator) sameOnSharedAddress(first, app *appConfig, addr string) {
 	if first.AcceptProxyProtocol != app.AcceptProxyProtocol {
 		v.errorf(v.appNodes[app], "app %q: accept_proxy_protocol differs from app %q on the shared listen address %s (the header is read before the app is known)", app.Name, first.Name, addr)
 	}
+	v.sameProxyProtocolFrom(first, app, addr)
 	if first.PrereadTimeout != app.PrereadTimeout {
 		v.errorf(v.appNodes[app], "app %q: preread_timeout %v differs from app %q's %v on the shared listen address %s (it bounds the peek, before the app is known; set it in defaults:)", app.Name, app.PrereadTimeout, first.Name, first.PrereadTimeout, addr)
 	}
@@ -687,6 +693,7 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 		app.HalfCloseTimeout = v.durationAt(n, *o.HalfClose, label+": half_close_timeout", true)
 	}
 	v.routeNames(app, pick, label)
+	v.proxyProtocolFrom(app, pick, label)
 	return app
 }
 

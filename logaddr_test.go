@@ -17,13 +17,14 @@ import (
 func TestLogsUnmapClientAddress(t *testing.T) {
 	be := startBackend(t, echoHandler)
 	dead := deadAddr(t)
-	plain, failing, named := freePort(t), freePort(t), freePort(t)
+	plain, failing, named, header := freePort(t), freePort(t), freePort(t), freePort(t)
 	// No listen: every app binds [::]:PORT without IPV6_V6ONLY.
 	_, logs := startProxy(t, fmt.Sprintf(`apps:
 - {name: echo, ports: [%d], targets: [%q], access_log: true}
 - {name: dead, ports: [%d], targets: [%q], access_log: true}
 - {name: named, ports: [%d], targets: [%q], sni: [a.test], access_log: true}
-`, plain, be.addr, failing, dead, named, be.addr))
+- {name: header, ports: [%d], targets: [%q], sni: [a.test], accept_proxy_protocol: true, proxy_protocol_from: [127.0.0.1]}
+`, plain, be.addr, failing, dead, named, be.addr, header, be.addr))
 	tests := []struct {
 		name string
 		port int
@@ -33,6 +34,9 @@ func TestLogsUnmapClientAddress(t *testing.T) {
 		{"access log", plain, "hello\n", `msg=connection app=echo`},
 		{"all targets failed", failing, "hello\n", `msg="all targets failed" app=dead`},
 		{"no app for the name", named, "not TLS\r\n\r\n", `msg="no app for this connection, closing it"`},
+		// The sender is trusted as 127.0.0.1 although the socket sees
+		// ::ffff:127.0.0.1; its header is bad.
+		{"bad PROXY header", header, "GET / HTTP/1.0\r\n\r\n", `msg="bad PROXY protocol header"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -62,4 +62,5 @@ type appLogs struct {
 	badHeader   logLimiter // "bad PROXY protocol header"
 	targetWrite logLimiter // "write PROXY protocol header"
 	limit       logLimiter // "max_connections reached, closing new clients"
+	untrusted   logLimiter // "untrusted PROXY protocol sender, closing it"
 }

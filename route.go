@@ -27,8 +27,9 @@ type routeTable struct {
 	// preread bounds how long a client may take to be routed by name: the
 	// preread_timeout the address's apps agree on; 0 if none is named.
 	preread     time.Duration
-	acceptProxy bool   // clients send a PROXY header first (all apps agree)
-	owner       string // the first app on the address, for error messages
+	acceptProxy bool            // clients send a PROXY header first (all apps agree)
+	owner       string          // the first app on the address, for error messages
+	first       *failoverTarget // the first app on the address
 }
 
 // routeShape is the set of library routes a table needs. A Proxy takes
@@ -49,7 +50,7 @@ func buildTables(gen []*failoverTarget) map[string]*routeTable {
 		for _, addr := range ft.app.listenAddrs() {
 			t := tables[addr]
 			if t == nil {
-				t = &routeTable{owner: ft.app.Name}
+				t = &routeTable{owner: ft.app.Name, first: ft}
 				tables[addr] = t
 			}
 			for _, n := range ft.app.SNI {
@@ -220,6 +221,9 @@ func (l routeListener) Accept() (net.Conn, error) {
 		}
 		t := l.r.table.Load()
 		tc, ok := c.(*net.TCPConn)
+		if ok && t.acceptProxy && t.preread > 0 && t.rejectUntrustedAtAccept(tc) {
+			continue // before the library reads a byte (trust.go)
+		}
 		if !ok || t.preread == 0 && !t.acceptProxy {
 			return c, nil
 		}

@@ -126,6 +126,10 @@ func newSession(ft *failoverTarget, c net.Conn) (*session, error) {
 // client over the limit is closed without its header being read.
 func (s *session) admit() string {
 	ft, st := s.ft, s.ft.stats
+	if ft.untrusted(s.client) { // before the slot: a sender it cannot trust holds none
+		ft.countUntrusted(s.info.client)
+		return resultUntrusted
+	}
 	if !s.takeSlot() {
 		return "rejected: limit"
 	}
