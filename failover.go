@@ -199,6 +199,9 @@ func (s *session) connect() (*net.TCPConn, string) {
 	}
 	target, i, attempts, err := ft.dial(s.info.client.Addr().Unmap())
 	s.info.attempts = attempts
+	if err != nil && ft.ctx.Err() != nil {
+		return nil, s.dialAborted() // shutting down (abort.go)
+	}
 	if err != nil {
 		ft.stats.failed.Add(1)
 		ft.stats.logs.allFailed.log(ft.log, slog.LevelError, "all targets failed", "client", s.info.client.String(), "err", err)
@@ -256,6 +259,9 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 		ts.dials.Add(1)
 		addr := ft.app.Targets[i].Address
 		c, err := ft.dialer.DialContext(ft.ctx, "tcp", addr)
+		if err != nil && ft.ctx.Err() != nil {
+			return nil // aborted by shutdown: not the target's failure
+		}
 		if err != nil {
 			now = time.Now()
 			errs = multierror.Append(errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
@@ -271,7 +277,9 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 		ts.health.Success()
 		return c.(*net.TCPConn)
 	}
-	limit := func() bool { return ft.app.MaxAttempts > 0 && attempts >= ft.app.MaxAttempts }
+	limit := func() bool {
+		return ft.app.MaxAttempts > 0 && attempts >= ft.app.MaxAttempts || ft.ctx.Err() != nil // or shutting down
+	}
 	for _, i := range order {
 		if limit() {
 			break

@@ -63,4 +63,5 @@ type appLogs struct {
 	targetWrite logLimiter // "write PROXY protocol header"
 	limit       logLimiter // "max_connections reached, closing new clients"
 	untrusted   logLimiter // "untrusted PROXY protocol sender, closing it"
+	aborted     logLimiter // "dial aborted by shutdown, closing the client"
 }

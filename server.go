@@ -418,6 +418,7 @@ type connSet struct {
 	mu      sync.Mutex
 	entries map[*connEntry]struct{}
 	empty   chan struct{} // closed when the set becomes empty while draining
+	aborted atomic.Int64  // clients closed because shutdown aborted their dial (abort.go)
 }
 
 // connEntry is one client connection and, once dialed, its target.
