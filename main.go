@@ -240,7 +240,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		}
 	}
 
-	if err := checkNoFileLimit(cfg, log); err != nil {
+	if err := checkNoFileLimit(cfg, log, inherited.HasParent()); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
@@ -254,7 +254,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay, pprofLn: pprofLn}
 	d.adminToken.Store(&cfg.AdminToken)
 	if d.srv, err = startProxyServer(cfg, log, listenFunc(cfg.ReusePort, inherited.Listener)); err != nil {
-		log.Error("cannot start", "err", err)
+		log.Error("cannot start", "err", explainNoFile(cfg, err))
 		return 1
 	}
 	// The load at start is the first successful one: the status page's
@@ -303,44 +303,6 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 
 	d.stop(reason, sigc)
 	return 0
-}
-
-// descriptorsPerConn is what one relayed connection holds open: the
-// client socket and the target socket (the relay keeps no pipes while
-// idle).
-const descriptorsPerConn = 2
-
-// checkNoFileLimit raises the soft open-files limit to the hard limit
-// (Go does so at start too, but say it), refuses a config whose
-// listeners alone would not fit, and warns when the limit is below what
-// max_connections implies, which an operator raises with LimitNOFILE=
-// in the systemd unit or ulimit -n.
-func checkNoFileLimit(cfg *config, log *slog.Logger) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return nil // nothing to check against
-	}
-	if lim.Cur < lim.Max {
-		raised := lim
-		raised.Cur = lim.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err == nil {
-			lim = raised
-		}
-	}
-	listeners, unlimited := 0, false
-	for _, a := range cfg.Apps {
-		listeners += len(a.Ports)
-		unlimited = unlimited || a.MaxConnections == 0
-	}
-	const reserve = 64 // admin, health probes, logs, the runtime
-	if uint64(listeners+reserve) > lim.Cur {
-		return fmt.Errorf("%d listeners need more open files than the limit of %d allows: raise it (ulimit -n, LimitNOFILE=) or split the config", listeners, lim.Cur)
-	}
-	if need := descriptorsNeeded(cfg, uint64(listeners+reserve)); !unlimited && need > lim.Cur {
-		log.Warn("open files limit is below what max_connections implies", "limit", lim.Cur, "needed", need,
-			"hint", "raise LimitNOFILE= in the systemd unit, or ulimit -n")
-	}
-	return nil
 }
 
 // servePprof serves the runtime profiles on addr (on ln if the process
