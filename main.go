@@ -267,13 +267,16 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 			return 1
 		}
 	}
-	if err := inherited.Ready(); err != nil {
-		log.Warn("signal readiness to the previous process", "err", err)
-	}
+	// The PID file and systemd first, the previous process last: it may
+	// exit at once, and then the service must already be this process.
 	if opts.pidFile != "" {
 		if err := upgrade.WritePIDFile(opts.pidFile); err != nil {
 			log.Warn("write pid file", "err", err)
 		}
+	}
+	d.notifyReady(inherited.HasParent()) // sdnotify.go
+	if err := inherited.Ready(); err != nil {
+		log.Warn("signal readiness to the previous process", "err", err)
 	}
 	log.Info("listening", "version", currentBuild().Version, "pid", os.Getpid(), "upgraded", inherited.HasParent())
 
@@ -281,11 +284,11 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 	for reason == "" {
 		select {
 		case <-changes:
-			d.reload()
+			d.reloadNotifying()
 		case sig := <-sigc:
 			switch sig {
 			case syscall.SIGHUP:
-				d.reload()
+				d.reloadNotifying()
 			case syscall.SIGUSR2:
 				upgraded := d.upgrade()
 				if sig, ok := d.pendingStop(sigc); ok {

@@ -18,6 +18,7 @@ func (d *daemon) stop(reason string, sigc <-chan os.Signal) {
 	if reason == "upgraded" {
 		d.handedOver()
 	} else { // an upgrade hands the sockets on: nothing to delay
+		d.notify("STOPPING=1") // sdnotify.go; not after an upgrade, when this is no longer the main process
 		now = d.lameDuck(sigc)
 	}
 	d.log.Info("shutting down: listeners closed, draining connections", "reason", reason, "shutdown_timeout", d.shutdownTimeout.String(), "open", d.srv.active())
