@@ -100,11 +100,8 @@ type appConfig struct {
 	AccessLog           bool
 	ProxyProtocol       int // PROXY protocol version sent to targets; 0 is none
 	AcceptProxyProtocol bool
-	// ProxyProtocolFrom are the load balancers allowed to send a PROXY
-	// header; required (non-empty) with AcceptProxyProtocol, no default.
-	ProxyProtocolFrom []netip.Prefix
-	KeepAlive         time.Duration // 0: the library's default (1m); < 0: off
-	IdleTimeout       time.Duration // 0: off
+	KeepAlive           time.Duration // 0: the library's default (1m); < 0: off
+	IdleTimeout         time.Duration // 0: off
 	// HalfCloseTimeout bounds the phase after one side has finished: the
 	// other direction is closed once it moves no data for this long.
 	HalfCloseTimeout time.Duration
@@ -115,6 +112,11 @@ type appConfig struct {
 	// PrereadTimeout bounds how long a client of a name-routed address
 	// may take to send what it is routed by (default 5s).
 	PrereadTimeout time.Duration
+
+	// ProxyProtocolFrom are the load balancers allowed to send a PROXY
+	// header; required (non-empty) with AcceptProxyProtocol, no default
+	// (trust.go).
+	ProxyProtocolFrom []netip.Prefix
 }
 
 // named reports whether the app is routed by name on its addresses.
@@ -180,14 +182,15 @@ type appOptions struct {
 	AccessLog      *bool            `yaml:"access_log"`
 	ProxyProtocol  *int             `yaml:"proxy_protocol"`
 	AcceptProxy    *bool            `yaml:"accept_proxy_protocol"`
+	KeepAlive      *string          `yaml:"keepalive"`
+	IdleTimeout    *string          `yaml:"idle_timeout"`
+	HalfClose      *string          `yaml:"half_close_timeout"`
+	SNI            *[]string        `yaml:"sni"`
+	HTTPHost       *[]string        `yaml:"http_host"`
+	PrereadTimeout *string          `yaml:"preread_timeout"`
+
 	// ProxyProtocolFrom lists who may send a PROXY header (trust.go).
 	ProxyProtocolFrom *[]string `yaml:"proxy_protocol_from"`
-	KeepAlive         *string   `yaml:"keepalive"`
-	IdleTimeout       *string   `yaml:"idle_timeout"`
-	HalfClose         *string   `yaml:"half_close_timeout"`
-	SNI               *[]string `yaml:"sni"`
-	HTTPHost          *[]string `yaml:"http_host"`
-	PrereadTimeout    *string   `yaml:"preread_timeout"`
 }
 
 type healthCheckFile struct {

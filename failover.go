@@ -65,14 +65,16 @@ type appStats struct {
 	accepted       atomic.Int64
 	rejectedLimit  atomic.Int64
 	rejectedDenied atomic.Int64
-	// rejectedUntrusted counts clients outside proxy_protocol_from.
+	failed         atomic.Int64
+	idleTimeouts   atomic.Int64
+	bytesToTarget  atomic.Int64
+	bytesToClient  atomic.Int64
+	duration       stats.DurationRecorder
+	logs           appLogs // rate limits of the per-connection log lines
+
+	// rejectedUntrusted counts clients outside proxy_protocol_from
+	// (trust.go).
 	rejectedUntrusted atomic.Int64
-	failed            atomic.Int64
-	idleTimeouts      atomic.Int64
-	bytesToTarget     atomic.Int64
-	bytesToClient     atomic.Int64
-	duration          stats.DurationRecorder
-	logs              appLogs // rate limits of the per-connection log lines
 }
 
 // newFailoverTarget builds the Target of app. ctx bounds every dial. If
@@ -327,14 +329,14 @@ func (ft *failoverTarget) snapshot() stats.App {
 		Total:          st.accepted.Load(),
 		RejectedLimit:  st.rejectedLimit.Load(),
 		RejectedDenied: st.rejectedDenied.Load(),
-		// Clients outside proxy_protocol_from (trust.go).
-		RejectedUntrusted: st.rejectedUntrusted.Load(),
-		Failed:            st.failed.Load(),
-		IdleTimeouts:      st.idleTimeouts.Load(),
-		BytesToTarget:     st.bytesToTarget.Load(),
-		BytesToClient:     st.bytesToClient.Load(),
-		Duration:          st.duration.Snapshot(),
-		Targets:           make([]stats.Target, len(ft.targets)),
+		Failed:         st.failed.Load(),
+		IdleTimeouts:   st.idleTimeouts.Load(),
+		BytesToTarget:  st.bytesToTarget.Load(),
+		BytesToClient:  st.bytesToClient.Load(),
+		Duration:       st.duration.Snapshot(),
+		Targets:        make([]stats.Target, len(ft.targets)),
+
+		RejectedUntrusted: st.rejectedUntrusted.Load(), // trust.go
 	}
 	for i, ts := range ft.targets {
 		cfg := ft.app.Targets[i]

@@ -27,9 +27,10 @@ type routeTable struct {
 	// preread bounds how long a client may take to be routed by name: the
 	// preread_timeout the address's apps agree on; 0 if none is named.
 	preread     time.Duration
-	acceptProxy bool            // clients send a PROXY header first (all apps agree)
-	owner       string          // the first app on the address, for error messages
-	first       *failoverTarget // the first app on the address
+	acceptProxy bool   // clients send a PROXY header first (all apps agree)
+	owner       string // the first app on the address, for error messages
+
+	first *failoverTarget // the first app on the address (trust.go)
 }
 
 // routeShape is the set of library routes a table needs. A Proxy takes
