@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -26,10 +27,7 @@ func TestBinaryTightDescriptorLimit(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("ulimit -n %d, %d listeners", tt.nofile, tt.listeners), func(t *testing.T) {
-			ports := make([]int, tt.listeners)
-			for i := range ports {
-				ports[i] = freePort(t)
-			}
+			ports := distinctPorts(t, tt.listeners)
 			path := writeConfig(t, "apps:\n"+appYAML("tight", ports, []string{be.addr}, ""))
 			cmd, out := ulimitBinary(t, tt.nofile, "-c", path)
 			defer func() {
@@ -90,4 +88,20 @@ func TestExplainNoFile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// distinctPorts returns n loopback ports that were free a moment ago,
+// all different (freePort, called n times, may return one twice).
+func distinctPorts(t *testing.T, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close() // all open at once: the kernel hands out distinct ports
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+	}
+	return ports
 }

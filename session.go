@@ -248,14 +248,16 @@ func (s *session) end(result string) {
 	if s.ts != nil {
 		s.ts.active.Add(-1)
 	}
-	if s.entry != nil {
-		s.ft.conns.remove(s.entry)
-	}
 	if s.active {
 		s.ft.stats.active.Add(-1)
 	}
 	s.info.result = result
 	s.ft.accessLog(s.client, s.start, &s.info)
+	if s.entry != nil {
+		// Last: a drain waits for the set to empty and the process may
+		// exit then, so the access-log line must be written by then.
+		s.ft.conns.remove(s.entry)
+	}
 }
 
 // accessLog writes the connection's access-log line: at Info with

@@ -35,7 +35,8 @@ func (v *validator) proxyProtocolFrom(app *appConfig, pick optionPicker, label s
 	switch {
 	case app.AcceptProxyProtocol && !set:
 		v.errorf(an, "%s: accept_proxy_protocol: true needs proxy_protocol_from: the addresses or CIDRs of the load balancers that send the header (anyone else could choose the client address that allow/deny, hash and the logs see)", label)
-	case set && !app.AcceptProxyProtocol:
+	case set && !app.AcceptProxyProtocol && n != v.node("defaults", "proxy_protocol_from"):
+		// Only where the app sets it: in defaults: it may serve other apps.
 		v.warnf(n, "%s: proxy_protocol_from has no effect without accept_proxy_protocol: true", label)
 	}
 }

@@ -39,6 +39,7 @@ func TestLoadConfigProxyProtocolFrom(t *testing.T) {
 		{"in defaults", "defaults:\n  accept_proxy_protocol: true\n  proxy_protocol_from: [10.0.0.0/8, \"2001:db8::1\"]\n" + app, nil},
 		{"per app", app + "  accept_proxy_protocol: true\n  proxy_protocol_from: [192.0.2.10]\n", nil},
 		{"without accept_proxy_protocol", app + "  proxy_protocol_from: [192.0.2.10]\n", nil},
+		{"in defaults, for the apps that take the header", "defaults:\n  proxy_protocol_from: [192.0.2.10]\n" + app + "- name: b\n  ports: [2]\n  targets: [a:1]\n  accept_proxy_protocol: true\n", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -51,9 +52,12 @@ func TestLoadConfigProxyProtocolFrom(t *testing.T) {
 				if len(cfg.Apps[0].ProxyProtocolFrom) == 0 {
 					t.Fatal("proxy_protocol_from not loaded")
 				}
+				// Only an app's own proxy_protocol_from without
+				// accept_proxy_protocol warns; one in defaults: may serve
+				// other apps.
 				warned := len(cfg.Warnings) == 1 && cfg.Warnings[0].String() == path+`:5: warning: app "a": proxy_protocol_from has no effect without accept_proxy_protocol: true`
-				if warned == cfg.Apps[0].AcceptProxyProtocol {
-					t.Errorf("warnings %v", cfg.Warnings)
+				if want := tt.name == "without accept_proxy_protocol"; warned != want || !want && len(cfg.Warnings) != 0 {
+					t.Errorf("warnings %v, want one: %v", cfg.Warnings, want)
 				}
 				return
 			}
