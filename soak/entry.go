@@ -160,42 +160,62 @@ func readPreamble(c *net.TCPConn, v *verifier, deadline time.Time) ([]byte, erro
 		return nil, fmt.Errorf("set read deadline: %w", err)
 	}
 	var pre []byte
-	var b [1]byte
-	next := func() error { _, err := io.ReadFull(c, b[:]); return err }
-	if err := next(); err != nil {
-		return nil, err
-	}
-	if b[0] == 'P' {
-		for pre = append(pre, b[0]); b[0] != '\n'; pre = append(pre, b[0]) {
-			if len(pre) > 108 { // the longest v1 header
-				return pre, errors.New("PROXY line longer than 108 bytes")
-			}
-			if err := next(); err != nil {
-				return pre, err
-			}
-		}
-		if err := next(); err != nil {
-			return pre, err
+	first, err := readByte(c)
+	if err == nil && first == 'P' {
+		if pre, err = readProxyLine(c); err == nil {
+			first, err = readByte(c)
 		}
 	}
-	if b[0] == 0x16 {
-		rec := make([]byte, 5)
-		rec[0] = b[0]
-		if _, err := io.ReadFull(c, rec[1:]); err != nil {
-			return pre, err
-		}
-		rec = append(rec, make([]byte, int(rec[3])<<8|int(rec[4]))...)
-		if _, err := io.ReadFull(c, rec[5:]); err != nil {
-			return pre, err
-		}
-		pre = append(pre, rec...)
-		if err := next(); err != nil {
-			return pre, err
+	if err == nil && first == 0x16 {
+		var rec []byte
+		if rec, err = readTLSRecord(c); err == nil {
+			pre = append(pre, rec...)
+			first, err = readByte(c)
 		}
 	}
-	copy(v.space(), b[:])
-	_, err := v.consume(1)
+	if err != nil {
+		return pre, err
+	}
+	v.space()[0] = first
+	_, err = v.consume(1)
 	return pre, err
+}
+
+// readByte reads one byte from c.
+func readByte(c *net.TCPConn) (byte, error) {
+	var b [1]byte
+	_, err := io.ReadFull(c, b[:])
+	return b[0], err
+}
+
+// readProxyLine reads the rest of a PROXY v1 line whose 'P' was read,
+// a byte at a time so that nothing behind it is taken.
+func readProxyLine(c *net.TCPConn) ([]byte, error) {
+	line := []byte{'P'}
+	for line[len(line)-1] != '\n' {
+		if len(line) >= 108 { // the longest v1 header
+			return line, errors.New("PROXY line longer than 108 bytes")
+		}
+		b, err := readByte(c)
+		if err != nil {
+			return line, err
+		}
+		line = append(line, b)
+	}
+	return line, nil
+}
+
+// readTLSRecord reads the rest of a TLS record whose first byte (0x16)
+// was read.
+func readTLSRecord(c *net.TCPConn) ([]byte, error) {
+	rec := make([]byte, 5)
+	rec[0] = 0x16
+	if _, err := io.ReadFull(c, rec[1:]); err != nil {
+		return rec, err
+	}
+	rec = append(rec, make([]byte, int(rec[3])<<8|int(rec[4]))...)
+	_, err := io.ReadFull(c, rec[5:])
+	return rec, err
 }
 
 // clientHello returns the TLS ClientHello record that crypto/tls sends
