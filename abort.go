@@ -13,11 +13,10 @@ import "log/slog"
 // because shutdown aborted its dial.
 const resultDialAborted = "dial aborted: shutting down"
 
-// abortDials closes the listeners, then aborts every dial in flight,
-// and any dial started from now on, and stops the health checks, by
-// cancelling the server's context. Relayed connections run on.
+// abortDials aborts every dial in flight, and any dial started from now
+// on, and stops the health checks, by cancelling the server's context.
+// Relayed connections run on. Call it once the listeners are closed.
 func (s *proxyServer) abortDials() {
-	s.stopAccepting()
 	s.cancel()
 }
 

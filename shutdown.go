@@ -28,15 +28,17 @@ func (d *daemon) stop(reason string, sigc <-chan os.Signal) {
 		cancel()
 	}
 	go d.secondSignal(sigc, cancel)
-	if reason != "upgraded" {
-		d.srv.abortDials() // the listeners close, then dials in flight end (abort.go)
-	}
 	// The listeners close first, and the admin server stays up while the
 	// connections drain (/readyz 503, /healthz and /metrics as usual): its
 	// own shutdown never spends the drain's budget.
-	drained, cut := d.srv.shutdown(ctx)
+	d.srv.stopAccepting()
+	open := d.srv.active() // the clients whose dials are aborted next included
+	if reason != "upgraded" {
+		d.srv.abortDials() // abort.go
+	}
+	_, cut := d.srv.shutdown(ctx)
 	aborted := d.srv.conns.aborted.Load()
-	drained = max(drained-int(aborted), 0) // closed, not drained
+	drained := max(open-cut-int(aborted), 0) // aborted ones were closed, not drained
 	d.stopAdmin()
 	if d.opts.pidFile != "" {
 		upgrade.RemovePIDFile(d.opts.pidFile) // unless the new process wrote its own
