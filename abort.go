@@ -30,3 +30,31 @@ func (s *session) dialAborted() string {
 		"client", s.info.client.String(), "aborted_total", n)
 	return resultDialAborted
 }
+
+// drainTally counts what became of the connections open when the
+// listeners closed, and of those admitted after (accepted just before):
+// each was cut at the end of the drain, closed because its dial was
+// aborted, or else drained.
+type drainTally struct {
+	set          *connSet
+	open         int   // open when the tally started
+	added        int64 // set.added then
+	abortedStart int64 // set.aborted then
+}
+
+// startTally starts counting the drain, once the listeners are closed.
+func (s *connSet) startTally() drainTally {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return drainTally{set: s, open: len(s.entries), added: s.added, abortedStart: s.aborted.Load()}
+}
+
+// drained returns how many connections finished on their own and how
+// many were closed for an aborted dial, given the number cut.
+func (t drainTally) drained(cut int) (drained int, aborted int64) {
+	t.set.mu.Lock()
+	late := t.set.added - t.added
+	t.set.mu.Unlock()
+	aborted = t.set.aborted.Load() - t.abortedStart
+	return max(t.open+int(late)-cut-int(aborted), 0), aborted
+}

@@ -419,6 +419,7 @@ type connSet struct {
 	entries map[*connEntry]struct{}
 	empty   chan struct{} // closed when the set becomes empty while draining
 	aborted atomic.Int64  // clients closed because shutdown aborted their dial (abort.go)
+	added   int64         // connections ever added, under mu (abort.go)
 }
 
 // connEntry is one client connection and, once dialed, its target.
@@ -434,6 +435,7 @@ func (s *connSet) add(client net.Conn) *connEntry {
 	e := &connEntry{client: client}
 	s.mu.Lock()
 	s.entries[e] = struct{}{}
+	s.added++
 	s.mu.Unlock()
 	return e
 }

@@ -32,13 +32,12 @@ func (d *daemon) stop(reason string, sigc <-chan os.Signal) {
 	// connections drain (/readyz 503, /healthz and /metrics as usual): its
 	// own shutdown never spends the drain's budget.
 	d.srv.stopAccepting()
-	open := d.srv.active() // the clients whose dials are aborted next included
+	tally := d.srv.conns.startTally() // abort.go
 	if reason != "upgraded" {
-		d.srv.abortDials() // abort.go
+		d.srv.abortDials()
 	}
 	_, cut := d.srv.shutdown(ctx)
-	aborted := d.srv.conns.aborted.Load()
-	drained := max(open-cut-int(aborted), 0) // aborted ones were closed, not drained
+	drained, aborted := tally.drained(cut)
 	d.stopAdmin()
 	if d.opts.pidFile != "" {
 		upgrade.RemovePIDFile(d.opts.pidFile) // unless the new process wrote its own
