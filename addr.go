@@ -177,3 +177,12 @@ func listenConflict(a, b string) bool {
 	// only, binding the socket to that interface.
 	return !ia.IsLinkLocalUnicast() || ia.Zone() == "" || ib.Zone() == "" || ia.Zone() == ib.Zone()
 }
+
+// peerAddr is a client's address as logs and the access log show it:
+// an IPv4 client on a dual-stack socket (its address IPv4-mapped,
+// [::ffff:127.0.0.1]:53684) is shown as the IPv4 address it is
+// (127.0.0.1:53684), as allow/deny and hash already see it.
+func peerAddr(a net.Addr) netip.AddrPort {
+	ap := addrPort(a)
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

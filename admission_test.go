@@ -22,7 +22,7 @@ func TestMaxConnectionsCountsHeaderWait(t *testing.T) {
 	be := startBackend(t, echoHandler)
 	port := freePort(t)
 	srv, _ := startProxy(t, "apps:\n"+appYAML("behind-lb", []int{port}, []string{be.addr},
-		"accept_proxy_protocol: true\nmax_connections: 3\ndeny: [198.51.100.0/24]"))
+		"accept_proxy_protocol: true\nproxy_protocol_from: [127.0.0.1]\nmax_connections: 3\ndeny: [198.51.100.0/24]"))
 	h := admin.New(admin.Options{Snapshot: srv.snapshot, Ready: srv.ready.Load}).Handler()
 	st := srv.appAt(0).stats
 	active := func() float64 { return scrape(t, h)[`tcpproxy_active_connections{app="behind-lb"}`] }
@@ -76,7 +76,7 @@ func TestBinarySilentHeaderClientsDoNotExhaustDescriptors(t *testing.T) {
 	be := startBackend(t, echoHandler)
 	lbPort, otherPort, adminPort := freePort(t), freePort(t), freePort(t)
 	path := writeConfig(t, fmt.Sprintf("admin: 127.0.0.1:%d\napps:\n", adminPort)+
-		appYAML("behind-lb", []int{lbPort}, []string{be.addr}, "accept_proxy_protocol: true\nmax_connections: 10")+
+		appYAML("behind-lb", []int{lbPort}, []string{be.addr}, "accept_proxy_protocol: true\nproxy_protocol_from: [127.0.0.1]\nmax_connections: 10")+
 		appYAML("other", []int{otherPort}, []string{be.addr}, ""))
 	cmd, _ := ulimitBinary(t, 200, "-c", path)
 	waitListening(t, otherPort)

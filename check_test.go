@@ -119,7 +119,7 @@ func TestNoFileLimitHugeMaxConnections(t *testing.T) {
 		}
 		var buf syncBuffer
 		log := slog.New(slog.NewTextHandler(&buf, nil))
-		if err := checkNoFileLimit(cfg, log); err != nil {
+		if err := checkNoFileLimit(cfg, log, false); err != nil {
 			t.Fatal(err)
 		}
 		if !strings.Contains(buf.String(), `msg="open files limit is below what max_connections implies"`) {

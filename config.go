@@ -112,6 +112,11 @@ type appConfig struct {
 	// PrereadTimeout bounds how long a client of a name-routed address
 	// may take to send what it is routed by (default 5s).
 	PrereadTimeout time.Duration
+
+	// ProxyProtocolFrom are the load balancers allowed to send a PROXY
+	// header; required (non-empty) with AcceptProxyProtocol, no default
+	// (trust.go).
+	ProxyProtocolFrom []netip.Prefix
 }
 
 // named reports whether the app is routed by name on its addresses.
@@ -183,6 +188,9 @@ type appOptions struct {
 	SNI            *[]string        `yaml:"sni"`
 	HTTPHost       *[]string        `yaml:"http_host"`
 	PrereadTimeout *string          `yaml:"preread_timeout"`
+
+	// ProxyProtocolFrom lists who may send a PROXY header (trust.go).
+	ProxyProtocolFrom *[]string `yaml:"proxy_protocol_from"`
 }
 
 type healthCheckFile struct {
@@ -608,6 +616,7 @@ func (v *validator) sameOnSharedAddress(first, app *appConfig, addr string) {
 	if first.AcceptProxyProtocol != app.AcceptProxyProtocol {
 		v.errorf(v.appNodes[app], "app %q: accept_proxy_protocol differs from app %q on the shared listen address %s (the header is read before the app is known)", app.Name, first.Name, addr)
 	}
+	v.sameProxyProtocolFrom(first, app, addr)
 	if first.PrereadTimeout != app.PrereadTimeout {
 		v.errorf(v.appNodes[app], "app %q: preread_timeout %v differs from app %q's %v on the shared listen address %s (it bounds the peek, before the app is known; set it in defaults:)", app.Name, app.PrereadTimeout, first.Name, first.PrereadTimeout, addr)
 	}
@@ -702,6 +711,7 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 		app.HalfCloseTimeout = v.durationAt(n, *o.HalfClose, label+": half_close_timeout", true)
 	}
 	v.routeNames(app, pick, label)
+	v.proxyProtocolFrom(app, pick, label)
 	return app
 }
 

@@ -125,6 +125,7 @@ apps:
   targets: [a:1]
   proxy_protocol: 2
   accept_proxy_protocol: true
+  proxy_protocol_from: [10.0.0.0/8]
   idle_timeout: 1h
   keepalive: 30s
 - name: b

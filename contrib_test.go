@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 
 	"gopkg.in/yaml.v3"
@@ -42,5 +44,41 @@ func TestKubernetesConfigMapIsValid(t *testing.T) {
 			t.Errorf("shutdown_delay %v, max_connections %d: the manifest's comments say 5s and a limit", cfg.ShutdownDelay, cfg.Apps[0].MaxConnections)
 		}
 		return
+	}
+}
+
+// TestSystemdUnitIsNotify: contrib/tcpproxy.service is a Type=notify
+// unit that lets the upgraded process name itself the main one, reloads
+// with SIGHUP to the main process, and no longer follows a PID file
+// (#10 item 5; TestBinarySdNotify checks the messages).
+func TestSystemdUnitIsNotify(t *testing.T) {
+	data, err := os.ReadFile("contrib/tcpproxy.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string][]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			keys[k] = append(keys[k], v)
+		}
+	}
+	tests := []struct{ key, want string }{
+		{"Type", "notify"},
+		{"NotifyAccess", "all"},
+		{"ExecReload", "/bin/kill -HUP $MAINPID"},
+		{"KillSignal", "SIGTERM"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			if !slices.Contains(keys[tt.key], tt.want) {
+				t.Errorf("%s=%v, want %s", tt.key, keys[tt.key], tt.want)
+			}
+		})
+	}
+	if keys["PIDFile"] != nil {
+		t.Errorf("PIDFile=%v: systemd follows MAINPID= now", keys["PIDFile"])
+	}
+	if !strings.Contains(string(data), "kill -s USR2") {
+		t.Error("the unit does not say how to upgrade (kill -s USR2)")
 	}
 }

@@ -79,6 +79,9 @@ type appStats struct {
 	// one added back carries on from its counts. Only apply (under
 	// proxyServer.mu) touches it.
 	pastTargets map[string]*targetState
+	// rejectedUntrusted counts clients outside proxy_protocol_from
+	// (trust.go).
+	rejectedUntrusted atomic.Int64
 }
 
 // newFailoverTarget builds the Target of app. ctx bounds every dial. If
@@ -210,6 +213,9 @@ func (s *session) connect() (*net.TCPConn, string) {
 	}
 	target, i, attempts, err := ft.dial(s.info.client.Addr().Unmap())
 	s.info.attempts = attempts
+	if err != nil && ft.ctx.Err() != nil {
+		return nil, s.dialAborted() // shutting down (abort.go)
+	}
 	if err != nil {
 		ft.stats.failed.Add(1)
 		ft.stats.logs.allFailed.log(ft.log, slog.LevelError, "all targets failed", "client", s.info.client.String(), "err", err)
@@ -329,6 +335,9 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 		ts.dials.Add(1)
 		addr := ft.app.Targets[i].Address
 		c, err := ft.dialer.DialContext(ft.ctx, "tcp", addr)
+		if err != nil && ft.ctx.Err() != nil {
+			return nil // aborted by shutdown: not the target's failure
+		}
 		if err != nil {
 			now = time.Now()
 			errs = multierror.Append(errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
@@ -344,7 +353,9 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 		ts.health.Success()
 		return c.(*net.TCPConn)
 	}
-	limit := func() bool { return ft.app.MaxAttempts > 0 && attempts >= ft.app.MaxAttempts }
+	limit := func() bool {
+		return ft.app.MaxAttempts > 0 && attempts >= ft.app.MaxAttempts || ft.ctx.Err() != nil // or shutting down
+	}
 	for _, i := range order {
 		if limit() {
 			break
@@ -398,6 +409,8 @@ func (ft *failoverTarget) snapshot() stats.App {
 		BytesToClient:  st.bytesToClient.Load(),
 		Duration:       st.duration.Snapshot(),
 		Targets:        make([]stats.Target, len(ft.targets)),
+
+		RejectedUntrusted: st.rejectedUntrusted.Load(), // trust.go
 	}
 	for i, ts := range ft.targets {
 		cfg := ft.app.Targets[i]

@@ -21,9 +21,9 @@ func TestTurnedAwayClientSeesEOF(t *testing.T) {
 		name, extra, send string
 		hold              bool // a first client holds the only slot
 	}{
-		{"all targets failed", "accept_proxy_protocol: true", header + junk, false},
-		{"denied", "accept_proxy_protocol: true\ndeny: [192.0.2.0/24]", header + junk, false},
-		{"bad PROXY header", "accept_proxy_protocol: true", "GET / HTTP/1.0\r\n" + junk, false},
+		{"all targets failed", "accept_proxy_protocol: true\nproxy_protocol_from: [127.0.0.1]", header + junk, false},
+		{"denied", "accept_proxy_protocol: true\nproxy_protocol_from: [127.0.0.1]\ndeny: [192.0.2.0/24]", header + junk, false},
+		{"bad PROXY header", "accept_proxy_protocol: true\nproxy_protocol_from: [127.0.0.1]", "GET / HTTP/1.0\r\n" + junk, false},
 		{"no app for the name", "sni: [a.test]", "GET / HTTP/1.0\r\n" + junk, false},
 		{"max_connections", "max_connections: 1\ndial_timeout: 1m", junk, true},
 	}

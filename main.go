@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	tcpproxy [-c config.yaml] [-watch] [-pid-file PATH] [-log-format text|json] [-pprof ADDR] [-demo]
+//	tcpproxy [-c config.yaml] [-watch] [-pid-file PATH] [-log-format text|json] [-log-level LEVEL] [-pprof ADDR] [-demo]
 //	tcpproxy -check|-t [-c config.yaml]
 //	tcpproxy -upgrade -pid-file PATH
 //	tcpproxy -version
@@ -53,6 +53,7 @@ type options struct {
 	pidFile    string
 	pprofAddr  string
 	logFormat  string
+	logLevel   string // -log-level: debug, info (the default), warn or error
 	version    bool
 	// adminToken is TCPPROXY_ADMIN_TOKEN; when set it overrides the
 	// config's admin_token.
@@ -69,7 +70,7 @@ const (
 const usageHead = `tcpproxy: a layer-4 (TCP) proxy and load balancer.
 
 Usage:
-  tcpproxy [-c config.yaml] [-watch] [-pid-file PATH] [-log-format text|json] [-pprof ADDR] [-demo]
+  tcpproxy [-c config.yaml] [-watch] [-pid-file PATH] [-log-format text|json] [-log-level LEVEL] [-pprof ADDR] [-demo]
   tcpproxy -check [-c config.yaml]      (or -t: validate the config and exit)
   tcpproxy -upgrade -pid-file PATH      (upgrade the running proxy to the binary on disk)
   tcpproxy -version
@@ -113,6 +114,9 @@ func parseFlags(args []string, getenv func(string) string, help io.Writer) (*opt
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return nil, fmt.Errorf("-log-format %q: must be text or json", o.logFormat)
 	}
+	if _, ok := logLevels[o.logLevel]; !ok {
+		return nil, fmt.Errorf("-log-level %q: must be debug, info, warn or error", o.logLevel)
+	}
 	if o.adminToken != "" && !bearerTokenRE.MatchString(o.adminToken) {
 		return nil, errors.New(envAdminToken + ": must be a bearer token of letters, digits and -._~+/")
 	}
@@ -142,6 +146,7 @@ func newFlagSet(o *options, getenv func(string) string) *flag.FlagSet {
 	fs.StringVar(&o.pidFile, "pid-file", "", "write the process ID to `path` once serving (rewritten by an upgraded process)")
 	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060), for profiling; off by default")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: `text` or json")
+	fs.StringVar(&o.logLevel, "log-level", "info", "lowest `level` logged: debug (with the per-connection lines access_log: false puts there), info, warn or error")
 	fs.BoolVar(&o.version, "version", false, "print the version, commit, build date, Go version and platform, and exit")
 	return fs
 }
@@ -178,7 +183,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, cfg.summary())
 		return 0
 	}
-	log := newLogger(stderr, opts.logFormat)
+	log := newLogger(stderr, opts.logFormat, logLevels[opts.logLevel])
 	return serve(opts, cfg, log)
 }
 
@@ -237,7 +242,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		}
 	}
 
-	if err := checkNoFileLimit(cfg, log); err != nil {
+	if err := checkNoFileLimit(cfg, log, inherited.HasParent()); err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
@@ -251,7 +256,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay, pprofLn: pprofLn}
 	d.adminToken.Store(&cfg.AdminToken)
 	if d.srv, err = startProxyServer(cfg, log, listenFunc(cfg.ReusePort, inherited.Listener)); err != nil {
-		log.Error("cannot start", "err", err)
+		log.Error("cannot start", "err", explainNoFile(cfg, err))
 		return 1
 	}
 	// The load at start is the first successful one: the status page's
@@ -264,13 +269,16 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 			return 1
 		}
 	}
-	if err := inherited.Ready(); err != nil {
-		log.Warn("signal readiness to the previous process", "err", err)
-	}
+	// The PID file and systemd first, the previous process last: it may
+	// exit at once, and then the service must already be this process.
 	if opts.pidFile != "" {
 		if err := upgrade.WritePIDFile(opts.pidFile); err != nil {
 			log.Warn("write pid file", "err", err)
 		}
+	}
+	d.notifyReady(inherited.HasParent()) // sdnotify.go
+	if err := inherited.Ready(); err != nil {
+		log.Warn("signal readiness to the previous process", "err", err)
 	}
 	log.Info("listening", "version", currentBuild().Version, "pid", os.Getpid(), "upgraded", inherited.HasParent())
 
@@ -278,11 +286,11 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 	for reason == "" {
 		select {
 		case <-changes:
-			d.reloadFromWatch(watcher)
+			d.reloadNotifying(func() { d.reloadFromWatch(watcher) })
 		case sig := <-sigc:
 			switch sig {
 			case syscall.SIGHUP:
-				d.reload()
+				d.reloadNotifying(d.reload)
 			case syscall.SIGUSR2:
 				upgraded := d.upgrade()
 				if sig, ok := d.pendingStop(sigc); ok {
@@ -300,44 +308,6 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 
 	d.stop(reason, sigc)
 	return 0
-}
-
-// descriptorsPerConn is what one relayed connection holds open: the
-// client socket and the target socket (the relay keeps no pipes while
-// idle).
-const descriptorsPerConn = 2
-
-// checkNoFileLimit raises the soft open-files limit to the hard limit
-// (Go does so at start too, but say it), refuses a config whose
-// listeners alone would not fit, and warns when the limit is below what
-// max_connections implies, which an operator raises with LimitNOFILE=
-// in the systemd unit or ulimit -n.
-func checkNoFileLimit(cfg *config, log *slog.Logger) error {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return nil // nothing to check against
-	}
-	if lim.Cur < lim.Max {
-		raised := lim
-		raised.Cur = lim.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &raised); err == nil {
-			lim = raised
-		}
-	}
-	listeners, unlimited := 0, false
-	for _, a := range cfg.Apps {
-		listeners += len(a.Ports)
-		unlimited = unlimited || a.MaxConnections == 0
-	}
-	const reserve = 64 // admin, health probes, logs, the runtime
-	if uint64(listeners+reserve) > lim.Cur {
-		return fmt.Errorf("%d listeners need more open files than the limit of %d allows: raise it (ulimit -n, LimitNOFILE=) or split the config", listeners, lim.Cur)
-	}
-	if need := descriptorsNeeded(cfg, uint64(listeners+reserve)); !unlimited && need > lim.Cur {
-		log.Warn("open files limit is below what max_connections implies", "limit", lim.Cur, "needed", need,
-			"hint", "raise LimitNOFILE= in the systemd unit, or ulimit -n")
-	}
-	return nil
 }
 
 // servePprof serves the runtime profiles on addr (on ln if the process
@@ -365,9 +335,15 @@ func servePprof(addr string, ln net.Listener, log *slog.Logger) (net.Listener, e
 // over.
 func pprofKey(addr string) string { return "pprof " + addr }
 
-func newLogger(w io.Writer, format string) *slog.Logger {
+// logLevels are the values of -log-level (default info).
+var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+// newLogger returns the process's logger: text or JSON lines on w, from
+// level up.
+func newLogger(w io.Writer, format string, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, nil))
+		return slog.New(slog.NewJSONHandler(w, opts))
 	}
-	return slog.New(slog.NewTextHandler(w, nil))
+	return slog.New(slog.NewTextHandler(w, opts))
 }

@@ -261,7 +261,7 @@ func TestProxyProtocolToTargets(t *testing.T) {
 func TestAcceptProxyProtocol(t *testing.T) {
 	be, got := recordingBackend(t, 64)
 	port := freePort(t)
-	_, logs := startProxy(t, "apps:\n"+appYAML("behind-lb", []int{port}, []string{be.addr}, "accept_proxy_protocol: true\nproxy_protocol: 1\ndeny: [198.51.100.0/24]\naccess_log: true"))
+	_, logs := startProxy(t, "apps:\n"+appYAML("behind-lb", []int{port}, []string{be.addr}, "accept_proxy_protocol: true\nproxy_protocol_from: [127.0.0.1]\nproxy_protocol: 1\ndeny: [198.51.100.0/24]\naccess_log: true"))
 
 	t.Run("address taken from the header and sent on", func(t *testing.T) {
 		c := dialProxy(t, port)

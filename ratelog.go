@@ -62,4 +62,6 @@ type appLogs struct {
 	badHeader   logLimiter // "bad PROXY protocol header"
 	targetWrite logLimiter // "write PROXY protocol header"
 	limit       logLimiter // "max_connections reached, closing new clients"
+	untrusted   logLimiter // "untrusted PROXY protocol sender, closing it"
+	aborted     logLimiter // "dial aborted by shutdown, closing the client"
 }

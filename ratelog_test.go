@@ -52,8 +52,13 @@ func TestErrorLogsRateLimited(t *testing.T) {
 		hold                   bool // a first client holds the one slot
 	}{
 		{"all targets failed", "dead", "max_fails: 0", "", "all targets failed", "ERROR", `err="127.0.0.1:`, false},
-		{"bad PROXY protocol header", "hdr", "accept_proxy_protocol: true", "GET / HTTP/1.0\r\n\r\n", "bad PROXY protocol header", "ERROR", `err="proxyproto: malformed header`, false},
+		{"bad PROXY protocol header", "hdr", "accept_proxy_protocol: true\nproxy_protocol_from: [127.0.0.1]", "GET / HTTP/1.0\r\n\r\n", "bad PROXY protocol header", "ERROR", `err="proxyproto: malformed header`, false},
 		{"max_connections", "full", "max_connections: 1\ndial_timeout: 1m", "", "max_connections reached, closing new clients", "WARN", "max_connections=1 rejected_total=", true},
+		// The sender is outside proxy_protocol_from (#10 item 1): on a
+		// plain address and, counted against the address's first app, on
+		// a name-routed one.
+		{"untrusted PROXY sender", "lb", "accept_proxy_protocol: true\nproxy_protocol_from: [127.0.0.2]", "PROXY TCP4 10.1.2.3 10.9.9.9 4000 443\r\n", "untrusted PROXY protocol sender, closing it", "WARN", "reason=untrusted_proxy rejected_total=", false},
+		{"untrusted PROXY sender, name-routed", "lbnamed", "accept_proxy_protocol: true\nproxy_protocol_from: [127.0.0.2]\nsni: [a.test]", "PROXY TCP4 10.1.2.3 10.9.9.9 4000 443\r\n", "untrusted PROXY protocol sender, closing it", "WARN", "reason=untrusted_proxy rejected_total=", false},
 		// Per listen address, not per app: no app took these.
 		{"no app for this connection", "named", "sni: [a.test]", "GET / HTTP/1.0\r\n\r\n", "no app for this connection, closing it", "WARN", "reason=no_match unrouted_total=", false},
 	}

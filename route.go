@@ -30,6 +30,8 @@ type routeTable struct {
 	preread     time.Duration
 	acceptProxy bool   // clients send a PROXY header first (all apps agree)
 	owner       string // the first app on the address, for error messages
+
+	first *failoverTarget // the first app on the address (trust.go)
 }
 
 // routeShape is the set of library routes a table needs. A Proxy takes
@@ -50,7 +52,7 @@ func buildTables(gen []*failoverTarget) map[string]*routeTable {
 		for _, addr := range ft.app.listenAddrs() {
 			t := tables[addr]
 			if t == nil {
-				t = &routeTable{owner: ft.app.Name}
+				t = &routeTable{owner: ft.app.Name, first: ft}
 				tables[addr] = t
 			}
 			for _, n := range ft.app.SNI {
@@ -270,7 +272,7 @@ func (r *listenRoute) reject(c net.Conn) {
 	reason, n := "no_match", &r.unrouted.noMatch
 	switch {
 	case ac != nil && ac.hdrErr != nil:
-		r.unrouted.badHeaderLog.log(r.log, slog.LevelWarn, "bad PROXY protocol header", "client", c.RemoteAddr().String(), "err", ac.hdrErr)
+		r.unrouted.badHeaderLog.log(r.log, slog.LevelWarn, "bad PROXY protocol header", "client", clientAddr(c), "err", ac.hdrErr)
 		return
 	case ac != nil && ac.timedOut:
 		reason, n = "preread_timeout", &r.unrouted.prereadTimeout
@@ -299,6 +301,9 @@ func (l routeListener) Accept() (net.Conn, error) {
 		}
 		t := l.r.table.Load()
 		tc, ok := c.(*net.TCPConn)
+		if ok && t.acceptProxy && t.preread > 0 && t.rejectUntrustedAtAccept(tc) {
+			continue // before the library reads a byte (trust.go)
+		}
 		if !ok || t.preread == 0 && !t.acceptProxy {
 			return c, nil
 		}
@@ -314,6 +319,7 @@ func (l routeListener) Accept() (net.Conn, error) {
 		}
 		// The client is already gone. An error here would end the
 		// library's accept loop, so take the next one instead.
+		l.r.conns.remove(ac.entry)
 		tc.Close()
 	}
 }

@@ -910,7 +910,7 @@ func TestRouteByHTTPHost(t *testing.T) {
 func TestRouteSNIAfterProxyHeader(t *testing.T) {
 	a, def := tlsBackend(t, "a"), tlsBackend(t, "def")
 	port := freePort(t)
-	pp := "accept_proxy_protocol: true\naccess_log: true\nallow: [192.0.2.0/24]"
+	pp := "accept_proxy_protocol: true\nproxy_protocol_from: [127.0.0.1]\naccess_log: true\nallow: [192.0.2.0/24]"
 	_, logs := startProxy(t, "apps:\n"+
 		appYAML("a", []int{port}, []string{a.addr}, "sni: [a.test]\n"+pp)+
 		appYAML("def", []int{port}, []string{def.addr}, pp))

@@ -577,6 +577,8 @@ type connSet struct {
 	mu      sync.Mutex
 	entries map[*connEntry]struct{}
 	empty   chan struct{} // closed when the set becomes empty while draining
+	aborted atomic.Int64  // clients closed because shutdown aborted their dial (abort.go)
+	added   int64         // connections ever added, under mu (abort.go)
 }
 
 // connEntry is one client connection and, once dialed, its target.
@@ -592,6 +594,7 @@ func (s *connSet) add(client net.Conn) *connEntry {
 	e := &connEntry{client: client}
 	s.mu.Lock()
 	s.entries[e] = struct{}{}
+	s.added++
 	s.mu.Unlock()
 	return e
 }

@@ -112,7 +112,7 @@ func newSession(ft *failoverTarget, c net.Conn) (*session, error) {
 	default:
 		return nil, fmt.Errorf("unexpected connection type %T", u)
 	}
-	s.info.client = addrPort(s.client.RemoteAddr())
+	s.info.client = peerAddr(s.client.RemoteAddr())
 	return s, nil
 }
 
@@ -125,6 +125,10 @@ func newSession(ft *failoverTarget, c net.Conn) (*session, error) {
 // client over the limit is closed without its header being read.
 func (s *session) admit() string {
 	ft, st := s.ft, s.ft.stats
+	if ft.untrusted(s.client) { // before the slot: a sender it cannot trust holds none
+		ft.countUntrusted(s.info.client)
+		return resultUntrusted
+	}
 	if !s.takeSlot() {
 		return "rejected: limit"
 	}
@@ -136,7 +140,7 @@ func (s *session) admit() string {
 		}
 		s.hdr = h
 		if h.Source.IsValid() {
-			s.info.client = h.Source
+			s.info.client = netip.AddrPortFrom(h.Source.Addr().Unmap(), h.Source.Port())
 		}
 	}
 	if !ft.allowed(s.info.client.Addr().Unmap()) {
@@ -183,14 +187,16 @@ func (s *session) end(result string) {
 	if s.ts != nil {
 		s.ts.active.Add(-1)
 	}
-	if s.entry != nil {
-		s.ft.conns.remove(s.entry)
-	}
 	if s.active {
 		s.ft.stats.active.Add(-1)
 	}
 	s.info.result = result
 	s.ft.accessLog(s.client, s.start, &s.info)
+	if s.entry != nil {
+		// Last: a drain waits for the set to empty and the process may
+		// exit then, so the access-log line must be written by then.
+		s.ft.conns.remove(s.entry)
+	}
 }
 
 // accessLog writes the connection's access-log line: at Info with
@@ -217,7 +223,7 @@ func (ft *failoverTarget) accessLog(client *net.TCPConn, start time.Time, info *
 	)
 }
 
-// clientAddr is c's peer address for logs.
+// clientAddr is c's peer address for logs, unmapped (see peerAddr).
 func clientAddr(c net.Conn) string {
-	return addrPort(c.RemoteAddr()).String()
+	return peerAddr(c.RemoteAddr()).String()
 }

@@ -15,7 +15,10 @@ import (
 // SIGTERM/SIGINT closes them at once.
 func (d *daemon) stop(reason string, sigc <-chan os.Signal) {
 	now := false
-	if reason != "upgraded" { // an upgrade hands the sockets on: nothing to delay
+	if reason == "upgraded" {
+		d.handedOver()
+	} else { // an upgrade hands the sockets on: nothing to delay
+		d.notify("STOPPING=1") // sdnotify.go; not after an upgrade, when this is no longer the main process
 		now = d.lameDuck(sigc)
 	}
 	d.log.Info("shutting down: listeners closed, draining connections", "reason", reason, "shutdown_timeout", d.shutdownTimeout.String(), "open", d.srv.active())
@@ -24,36 +27,46 @@ func (d *daemon) stop(reason string, sigc <-chan os.Signal) {
 	if now {
 		cancel()
 	}
-	go func() {
-		// A second signal means "now": stop waiting for the drain.
-		for sig := range sigc {
-			if sig == syscall.SIGINT || sig == syscall.SIGTERM {
-				d.log.Warn("second signal: closing remaining connections now", "signal", sig.String())
-				cancel()
-				return
-			}
-		}
-	}()
-	if reason == "upgraded" {
-		// The new process serves the admin and pprof sockets now;
-		// answering there too, with this process's 503, would make
-		// readiness flap.
-		if d.admin != nil {
-			go d.admin.Shutdown(context.Background())
-		}
-		if d.pprofLn != nil {
-			d.pprofLn.Close()
-		}
-	}
+	go d.secondSignal(sigc, cancel)
 	// The listeners close first, and the admin server stays up while the
 	// connections drain (/readyz 503, /healthz and /metrics as usual): its
 	// own shutdown never spends the drain's budget.
-	drained, cut := d.srv.shutdown(ctx)
+	d.srv.stopAccepting()
+	tally := d.srv.conns.startTally() // abort.go
+	if reason != "upgraded" {
+		d.srv.abortDials()
+	}
+	_, cut := d.srv.shutdown(ctx)
+	drained, aborted := tally.drained(cut)
 	d.stopAdmin()
 	if d.opts.pidFile != "" {
 		upgrade.RemovePIDFile(d.opts.pidFile) // unless the new process wrote its own
 	}
-	d.log.Info("stopped", "drained", drained, "cut", cut)
+	d.log.Info("stopped", "drained", drained, "cut", cut, "dials_aborted", aborted)
+}
+
+// handedOver stops serving the admin and pprof sockets once an upgrade
+// succeeded: the new process serves them now, and answering there too,
+// with this process's 503, would make readiness flap.
+func (d *daemon) handedOver() {
+	if d.admin != nil {
+		go d.admin.Shutdown(context.Background())
+	}
+	if d.pprofLn != nil {
+		d.pprofLn.Close()
+	}
+}
+
+// secondSignal calls cancel on the next SIGTERM/SIGINT: a second signal
+// means "now", stop waiting for the drain.
+func (d *daemon) secondSignal(sigc <-chan os.Signal, cancel context.CancelFunc) {
+	for sig := range sigc {
+		if sig == syscall.SIGINT || sig == syscall.SIGTERM {
+			d.log.Warn("second signal: closing remaining connections now", "signal", sig.String())
+			cancel()
+			return
+		}
+	}
 }
 
 // adminShutdownTimeout bounds how long the admin server's last requests

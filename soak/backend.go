@@ -157,7 +157,12 @@ func (b *backend) serve(bc *backendConn) {
 	}()
 	env := b.run
 	v := newVerifier(stream{seed: env.seed, dir: up}, true)
-	if _, err := readFrames(bc.c, v, 1, time.Now().Add(env.cfg.hangLimit)); err != nil {
+	deadline := time.Now().Add(env.cfg.hangLimit)
+	pre, err := readPreamble(bc.c, v, deadline)
+	if err == nil {
+		_, err = readFrames(bc.c, v, 1, deadline)
+	}
+	if err != nil {
 		var fe *frameError
 		if errors.As(err, &fe) {
 			env.ledger.backendFailed(fe.stream.conn, err)
@@ -170,8 +175,10 @@ func (b *backend) serve(bc *backendConn) {
 	bc.id.Store(id)
 	env.ledger.attach(id, b.idx, time.Now())
 	env.ledger.bytesUp.Add(v.bytes)
+	if desc := env.entries.check(id, pre); desc != "" {
+		env.ledger.misrouted(desc)
+	}
 
-	var err error
 	switch v.s.kind {
 	case longLived, quiet:
 		err = b.serveLong(bc, v)

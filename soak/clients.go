@@ -68,9 +68,9 @@ func (lc *longConns) slot(i int, delay time.Duration) {
 	}
 	r := splitmix(lc.run.seed ^ uint64(i)<<32)
 	for n := 0; !lc.stopping.Load(); n++ {
-		addr := lc.run.proxyAddrs[(i+n)%len(lc.run.proxyAddrs)]
+		addr, entry := lc.run.entries.pick(i + n)
 		pause := 10 * time.Millisecond
-		if !lc.session(i, addr, &r) {
+		if !lc.session(i, addr, entry, &r) {
 			// Back off at random, like real clients, so the hundreds cut
 			// by one kill do not all come back in the same instant.
 			pause = between(&r, lc.run.cfg.reconnect)
@@ -93,7 +93,7 @@ func between(r *splitmix, d [2]time.Duration) time.Duration {
 // session dials one connection and streams until it ends, then tells
 // the ledger how it ended. It reports whether the connection lived out
 // its lifetime.
-func (lc *longConns) session(slot int, addr string, r *splitmix) bool {
+func (lc *longConns) session(slot int, addr string, entry entryKind, r *splitmix) bool {
 	env := lc.run
 	lc.sessions.Add(1)
 	start := time.Now()
@@ -114,6 +114,11 @@ func (lc *longConns) session(slot int, addr string, r *splitmix) bool {
 		return false
 	}
 	defer lc.untrack(tc)
+	defer env.entries.forget(id)
+	if err := env.entries.start(tc, entry, id, start.Add(env.cfg.hangLimit)); err != nil {
+		env.ledger.finish(id, outcome{stopped: lc.stopping.Load(), phase: "preamble", err: err, at: time.Now()})
+		return false
+	}
 
 	established := false
 	p := &peer{
@@ -202,14 +207,14 @@ func (ch *churn) loop() {
 				}
 				ch.inFlight.Add(1)
 				ch.wg.Add(1)
-				addr := ch.run.proxyAddrs[started%int64(len(ch.run.proxyAddrs))]
-				go ch.one(addr)
+				addr, entry := ch.run.entries.pick(int(started))
+				go ch.one(addr, entry)
 			}
 		}
 	}
 }
 
-func (ch *churn) one(addr string) {
+func (ch *churn) one(addr string, entry entryKind) {
 	defer ch.wg.Done()
 	defer ch.inFlight.Add(-1)
 	env := ch.run
@@ -228,6 +233,11 @@ func (ch *churn) one(addr string) {
 	}
 	defer c.Close()
 	tc := c.(*net.TCPConn)
+	defer env.entries.forget(id)
+	phase = "preamble"
+	if err = env.entries.start(tc, entry, id, deadline); err != nil {
+		return
+	}
 	phase = "request"
 	req := appendFrame(nil, stream{seed: env.seed, conn: id, dir: up, kind: short}, 0)
 	if err = tc.SetWriteDeadline(deadline); err != nil {

@@ -6,6 +6,11 @@
 // data both ways and makes short connections at a steady rate, while it
 // kills and restarts backends, reloads the proxy's config between two
 // target sets, and flips the toggler between refusing and black-holing.
+// Connections go in through two plain ports, a port shared by two apps
+// routed by TLS server name (a ClientHello first; one app sends a PROXY
+// header on to the backend), and a port whose clients send a PROXY
+// header as a load balancer would (entry.go); each backend checks that
+// what came before the data is what that entry must deliver.
 // Every connection that ends early is classified (cut with its backend,
 // a proxy failure, or no healthy target); the proxy's goroutines,
 // descriptors and RSS are sampled and must come back to their baseline.

@@ -20,6 +20,8 @@ import (
 type proxyConfig struct {
 	admin           string
 	ports           []int
+	sniPort         int // shared by soak-sni-a and soak-sni-b, routed by TLS server name
+	ppPort          int // soak-pp: clients send a PROXY header (see entry.go)
 	targets         []string
 	dialTimeout     time.Duration
 	failTimeout     time.Duration
@@ -28,19 +30,30 @@ type proxyConfig struct {
 
 func (c proxyConfig) yaml() []byte {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "# written by the soak test\nadmin: %s\nshutdown_timeout: %s\napps:\n", c.admin, c.shutdownTimeout)
-	fmt.Fprintf(&b, "  - name: soak\n    listen: 127.0.0.1\n    ports: [")
+	fmt.Fprintf(&b, "# written by the soak test\nadmin: %s\nshutdown_timeout: %s\n", c.admin, c.shutdownTimeout)
+	fmt.Fprintf(&b, "defaults:\n  listen: 127.0.0.1\n  dial_timeout: %s\n  fail_timeout: %s\n", c.dialTimeout, c.failTimeout)
+	ports := make([]string, len(c.ports))
 	for i, p := range c.ports {
-		if i > 0 {
-			b.WriteString(", ")
-		}
-		b.WriteString(strconv.Itoa(p))
+		ports[i] = strconv.Itoa(p)
 	}
-	fmt.Fprintf(&b, "]\n    dial_timeout: %s\n    fail_timeout: %s\n    targets:\n", c.dialTimeout, c.failTimeout)
-	for _, t := range c.targets {
-		fmt.Fprintf(&b, "      - %q\n", t)
-	}
+	b.WriteString("apps:\n")
+	c.app(&b, "soak", strings.Join(ports, ", "), "")
+	c.app(&b, "soak-sni-a", strconv.Itoa(c.sniPort), "sni: ["+sniNameA+"]")
+	c.app(&b, "soak-sni-b", strconv.Itoa(c.sniPort), "sni: ["+sniNameB+"]\n    proxy_protocol: 1")
+	c.app(&b, "soak-pp", strconv.Itoa(c.ppPort), "accept_proxy_protocol: true\n    proxy_protocol_from: [127.0.0.1]\n    proxy_protocol: 1")
 	return b.Bytes()
+}
+
+// app writes one app of the config, with every target of c.
+func (c proxyConfig) app(b *bytes.Buffer, name, ports, extra string) {
+	fmt.Fprintf(b, "  - name: %s\n    ports: [%s]\n", name, ports)
+	if extra != "" {
+		fmt.Fprintf(b, "    %s\n", extra)
+	}
+	b.WriteString("    targets:\n")
+	for _, t := range c.targets {
+		fmt.Fprintf(b, "      - %q\n", t)
+	}
 }
 
 // proxyProc is the proxy under test, run as a child process with its

@@ -24,8 +24,11 @@ type summary struct {
 	ShortMade       int64         `json:"short_made"`
 	ShortOK         int64         `json:"short_ok"`
 	ShortSkipped    int64         `json:"short_skipped"`
-	BytesUp         int64         `json:"bytes_verified_client_to_backend"`
-	BytesDown       int64         `json:"bytes_verified_backend_to_client"`
+	// Entries counts the connections dialed through each entry (entry.go):
+	// plain ports, SNI a, SNI b, PROXY header.
+	Entries   [numEntries]int64 `json:"connections_by_entry"`
+	BytesUp   int64             `json:"bytes_verified_client_to_backend"`
+	BytesDown int64             `json:"bytes_verified_backend_to_client"`
 
 	Kills   int64 `json:"backend_kills"`
 	Resets  int64 `json:"backend_kills_with_reset"`
@@ -104,6 +107,9 @@ func (s *summary) judge(conns int) {
 	fail(c.Misrouted > 0, "%d connections sent to a target not in the target set in force", c.Misrouted)
 	fail(c.SlowCuts > 0, "%d connections noticed their backend's kill late (max %v)", c.SlowCuts, s.MaxCutLatency.Round(time.Millisecond))
 	fail(s.WarmEstablished < int64(conns), "only %d of %d long-lived connections established during the warm-up", s.WarmEstablished, conns)
+	for k, n := range s.Entries {
+		fail(n == 0 && s.LongSessions+s.ShortMade > 0, "no connection went in through the %v entry", entryKind(k))
+	}
 	for _, e := range s.ChaosErrors {
 		fail(true, "chaos: %s", e)
 	}
@@ -138,6 +144,7 @@ func (s *summary) markdown(w io.Writer) {
 	row("duration", "%v of traffic and chaos (after a %v warm-up; then %v of traffic without chaos)", s.Duration.Round(time.Second), s.Warmup.Round(time.Millisecond), s.Cooldown.Round(time.Millisecond))
 	row("long-lived conns target / peak", "%d / %d (%d connections over the run, %d closed cleanly at the end of their lifetime)", s.LongTarget, s.LongPeak, s.LongSessions, s.LongRetired)
 	row("short connections made / verified", "%d / %d (target %d/s, %d skipped at the in-flight cap)", s.ShortMade, s.ShortOK, s.ChurnRate, s.ShortSkipped)
+	row("connections by entry: plain / SNI-routed a, b / PROXY header", "%d / %d, %d / %d", s.Entries[entryPlain], s.Entries[entrySNIA], s.Entries[entrySNIB], s.Entries[entryProxy])
 	row("bytes verified client→backend / backend→client", "%.1f MiB / %.1f MiB", float64(s.BytesUp)/(1<<20), float64(s.BytesDown)/(1<<20))
 	row("backend kills (with reset) / reloads / toggles", "%d (%d) / %d / %d", s.Kills, s.Resets, s.Reloads, s.Toggles)
 	row("(a) cut with their backend: long / short / before hello", "%d / %d / %d%s", c.CutLong, c.CutShort, c.CutBeforeHello, causes(s.CutCauses))

@@ -80,7 +80,8 @@ type runEnv struct {
 	stop       chan struct{} // closed when traffic and chaos must end
 	world      *world
 	ledger     *ledger
-	proxyAddrs []string
+	proxyAddrs []string // the plain ports
+	entries    *entries // the plain ports, the SNI-routed one, the PROXY-protocol one
 }
 
 // event prints one chaos event, with -v.
@@ -208,7 +209,7 @@ func (s *soak) run() (*summary, error) {
 func (s *soak) setUp(start time.Time) error {
 	cfg := &s.cfg
 	r := splitmix(cfg.seed)
-	ports, err := listenPorts(4+stableBackends, &r)
+	ports, err := listenPorts(6+stableBackends, &r)
 	if err != nil {
 		return err
 	}
@@ -225,6 +226,10 @@ func (s *soak) setUp(start time.Time) error {
 	for _, p := range ports[:2] {
 		env.proxyAddrs = append(env.proxyAddrs, fmt.Sprintf("127.0.0.1:%d", p))
 	}
+	sniPort, ppPort := ports[4+stableBackends], ports[5+stableBackends]
+	if env.entries, err = newEntries(env.proxyAddrs, fmt.Sprintf("127.0.0.1:%d", sniPort), fmt.Sprintf("127.0.0.1:%d", ppPort)); err != nil {
+		return err
+	}
 	for i := range stableBackends {
 		b := newBackend(i, fmt.Sprintf("127.0.0.1:%d", ports[3+i]), env)
 		s.bes = append(s.bes, b)
@@ -238,6 +243,8 @@ func (s *soak) setUp(start time.Time) error {
 	s.chaos.base = proxyConfig{
 		admin:           fmt.Sprintf("127.0.0.1:%d", ports[2]),
 		ports:           ports[:2],
+		sniPort:         sniPort,
+		ppPort:          ppPort,
 		dialTimeout:     500 * time.Millisecond,
 		failTimeout:     time.Second,
 		shutdownTimeout: 5 * time.Second,
@@ -313,6 +320,9 @@ func (s *soak) tally(sum *summary) {
 	sum.LongPeak = s.long.peak.Load()
 	sum.LongSessions, sum.LongRetired = s.long.sessions.Load(), s.long.retired.Load()
 	sum.ShortMade, sum.ShortOK, sum.ShortSkipped = s.churn.made.Load(), s.env.ledger.shortOK.Load(), s.churn.skipped.Load()
+	for k := range sum.Entries {
+		sum.Entries[k] = s.env.entries.made[k].Load()
+	}
 	sum.BytesUp, sum.BytesDown = s.env.ledger.bytesUp.Load(), s.env.ledger.bytesDown.Load()
 	ch := s.chaos
 	sum.Kills, sum.Resets, sum.Reloads, sum.Toggles = ch.kills.Load(), ch.resets.Load(), ch.reloads.Load(), ch.toggles.Load()
@@ -374,13 +384,19 @@ func (s *soak) settle(base usage) (usage, time.Duration) {
 }
 
 // failedTotal is the proxy's own count of connections it closed because
-// every target failed.
+// every target failed, all apps.
 func (s *soak) failedTotal() float64 {
 	m, err := s.proxy.metrics()
 	if err != nil {
 		return -1
 	}
-	return m[`tcpproxy_connections_failed_total{app="soak"}`]
+	total := 0.0
+	for k, v := range m {
+		if strings.HasPrefix(k, "tcpproxy_connections_failed_total{") {
+			total += v
+		}
+	}
+	return total
 }
 
 // cleanup stops whatever is still running, on every path.

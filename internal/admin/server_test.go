@@ -107,7 +107,7 @@ func TestStatusJSON(t *testing.T) {
 			snap: sampleSnapshot(),
 			want: `{"apps": [
 				{"name": "web", "listen": "127.0.0.1", "ports": [5001, 5200], "balance": "round_robin", "sni": ["a.example.com"], "http_host": [],
-				 "active": 3, "total": 120, "rejected_limit": 4, "rejected_denied": 2, "failed": 1, "idle_timeouts": 0,
+				 "active": 3, "total": 120, "rejected_limit": 4, "rejected_denied": 2, "rejected_untrusted_proxy": 0, "failed": 1, "idle_timeouts": 0,
 				 "bytes_to_target": 1048576, "bytes_to_client": 5242880,
 				 "max_connections": 1000,
 				 "health_checks": "passive (max_fails 1, fail_timeout 10s), active (interval 5s, timeout 1s, rise 2, fall 3)",
@@ -125,7 +125,7 @@ func TestStatusJSON(t *testing.T) {
 					 "last_error": "", "last_error_at": null, "drain": true, "down_by": "", "down_since": null}
 				 ]},
 				{"name": "idle", "listen": "", "ports": [], "balance": "random", "sni": [], "http_host": [],
-				 "active": 0, "total": 0, "rejected_limit": 0, "rejected_denied": 0, "failed": 0, "idle_timeouts": 0,
+				 "active": 0, "total": 0, "rejected_limit": 0, "rejected_denied": 0, "rejected_untrusted_proxy": 0, "failed": 0, "idle_timeouts": 0,
 				 "bytes_to_target": 0, "bytes_to_client": 0, "max_connections": 0, "health_checks": "",
 				 "rates": {"connections_per_second": 0, "bytes_to_target_per_second": 0, "bytes_to_client_per_second": 0},
 				 "targets": []}

@@ -20,6 +20,9 @@ import (
 const (
 	reasonLimit  = "limit"
 	reasonDenied = "denied"
+	// reasonUntrusted: the client's own address is outside the app's
+	// proxy_protocol_from.
+	reasonUntrusted = "untrusted_proxy"
 
 	directionToTarget = "to_target"
 	directionToClient = "to_client"
@@ -60,7 +63,7 @@ func newDescs() descs {
 			"Client connections handed to the app, those it then turned away (tcpproxy_connections_rejected_total) included.",
 			app, nil),
 		rejected: prometheus.NewDesc("tcpproxy_connections_rejected_total",
-			"Client connections closed on accept: reason=\"limit\" by max_connections, reason=\"denied\" by the allow/deny rules.",
+			"Client connections closed on accept: reason=\"limit\" by max_connections, reason=\"denied\" by the allow/deny rules, reason=\"untrusted_proxy\" sent from outside proxy_protocol_from.",
 			[]string{"app", "reason"}, nil),
 		failed: prometheus.NewDesc("tcpproxy_connections_failed_total",
 			"Accepted client connections closed because every target failed to dial.",
@@ -192,6 +195,7 @@ func (c *collector) collectApp(e emitter, a *stats.App) {
 	e.metric(d.connections, prometheus.CounterValue, float64(a.Total), a.Name)
 	e.metric(d.rejected, prometheus.CounterValue, float64(a.RejectedLimit), a.Name, reasonLimit)
 	e.metric(d.rejected, prometheus.CounterValue, float64(a.RejectedDenied), a.Name, reasonDenied)
+	e.metric(d.rejected, prometheus.CounterValue, float64(a.RejectedUntrusted), a.Name, reasonUntrusted)
 	e.metric(d.failed, prometheus.CounterValue, float64(a.Failed), a.Name)
 	e.metric(d.idleTimeouts, prometheus.CounterValue, float64(a.IdleTimeouts), a.Name)
 	e.metric(d.active, prometheus.GaugeValue, float64(a.Active), a.Name)

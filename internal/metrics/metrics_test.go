@@ -31,10 +31,12 @@ func sampleSnapshot() stats.Snapshot {
 				Total:          120,
 				RejectedLimit:  4,
 				RejectedDenied: 2,
-				Failed:         1,
-				IdleTimeouts:   2,
-				BytesToTarget:  1 << 20,
-				BytesToClient:  5 << 20,
+				// Clients outside proxy_protocol_from.
+				RejectedUntrusted: 5,
+				Failed:            1,
+				IdleTimeouts:      2,
+				BytesToTarget:     1 << 20,
+				BytesToClient:     5 << 20,
 				Duration: stats.Histogram{
 					Count: 4,
 					Sum:   7202.023,
@@ -74,12 +76,14 @@ func TestCollectorExportsEverySeries(t *testing.T) {
 # TYPE tcpproxy_connections_total counter
 tcpproxy_connections_total{app="web"} 120
 tcpproxy_connections_total{app="idle"} 0
-# HELP tcpproxy_connections_rejected_total Client connections closed on accept: reason="limit" by max_connections, reason="denied" by the allow/deny rules.
+# HELP tcpproxy_connections_rejected_total Client connections closed on accept: reason="limit" by max_connections, reason="denied" by the allow/deny rules, reason="untrusted_proxy" sent from outside proxy_protocol_from.
 # TYPE tcpproxy_connections_rejected_total counter
 tcpproxy_connections_rejected_total{app="web",reason="limit"} 4
 tcpproxy_connections_rejected_total{app="web",reason="denied"} 2
+tcpproxy_connections_rejected_total{app="web",reason="untrusted_proxy"} 5
 tcpproxy_connections_rejected_total{app="idle",reason="limit"} 0
 tcpproxy_connections_rejected_total{app="idle",reason="denied"} 0
+tcpproxy_connections_rejected_total{app="idle",reason="untrusted_proxy"} 0
 # HELP tcpproxy_connections_failed_total Accepted client connections closed because every target failed to dial.
 # TYPE tcpproxy_connections_failed_total counter
 tcpproxy_connections_failed_total{app="web"} 1

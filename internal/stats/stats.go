@@ -39,21 +39,24 @@ type Reloads struct {
 
 // App is one app's state. Counts are since the process started.
 type App struct {
-	Name           string    `json:"name"`
-	Listen         string    `json:"listen"`
-	Ports          []int     `json:"ports"`
-	Balance        string    `json:"balance"`
-	SNI            []string  `json:"sni"`       // TLS server names routed to the app; empty when unset
-	HTTPHost       []string  `json:"http_host"` // HTTP Host names routed to the app; empty when unset
-	Active         int64     `json:"active"`
-	Total          int64     `json:"total"` // accepted connections
-	RejectedLimit  int64     `json:"rejected_limit"`
-	RejectedDenied int64     `json:"rejected_denied"`
-	Failed         int64     `json:"failed"` // every target failed
-	IdleTimeouts   int64     `json:"idle_timeouts"`
-	BytesToTarget  int64     `json:"bytes_to_target"`
-	BytesToClient  int64     `json:"bytes_to_client"`
-	Duration       Histogram `json:"-"`
+	Name           string   `json:"name"`
+	Listen         string   `json:"listen"`
+	Ports          []int    `json:"ports"`
+	Balance        string   `json:"balance"`
+	SNI            []string `json:"sni"`       // TLS server names routed to the app; empty when unset
+	HTTPHost       []string `json:"http_host"` // HTTP Host names routed to the app; empty when unset
+	Active         int64    `json:"active"`
+	Total          int64    `json:"total"` // accepted connections
+	RejectedLimit  int64    `json:"rejected_limit"`
+	RejectedDenied int64    `json:"rejected_denied"`
+	// RejectedUntrusted counts clients closed at accept because they sent
+	// from outside proxy_protocol_from.
+	RejectedUntrusted int64     `json:"rejected_untrusted_proxy"`
+	Failed            int64     `json:"failed"` // every target failed
+	IdleTimeouts      int64     `json:"idle_timeouts"`
+	BytesToTarget     int64     `json:"bytes_to_target"`
+	BytesToClient     int64     `json:"bytes_to_client"`
+	Duration          Histogram `json:"-"`
 	// MaxConnections is the app's max_connections; 0 is unlimited.
 	MaxConnections int `json:"max_connections"`
 	// HealthChecks describes the app's health checking for people, e.g.

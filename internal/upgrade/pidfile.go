@@ -12,7 +12,9 @@ import (
 
 // WritePIDFile writes this process's id to path, replacing the file
 // atomically, so a supervisor never reads a half-written or empty file
-// while an upgraded child takes over. Call it in the child after Ready.
+// while an upgraded child takes over. Call it in the child before Ready:
+// the parent may exit as soon as it is told, and a supervisor that
+// follows the PID file must find the child there by then.
 func WritePIDFile(path string) error {
 	dir, base := filepath.Split(path)
 	if dir == "" {
