@@ -41,6 +41,7 @@ type failoverTarget struct {
 	pool    *balance.Pool
 	conns   *connSet
 	stats   *appStats
+	tls     *appTLS // nil: no TLS (tls.go)
 
 	// panicHook, when set by a test, runs inside HandleConn to inject a
 	// panic where a real bug would strike.
@@ -71,6 +72,7 @@ type appStats struct {
 	bytesToClient  atomic.Int64
 	duration       stats.DurationRecorder
 	logs           appLogs // rate limits of the per-connection log lines
+	tls            tlsStats
 }
 
 // newFailoverTarget builds the Target of app. ctx bounds every dial. If
@@ -83,12 +85,17 @@ func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, co
 	if err != nil {
 		return nil, fmt.Errorf("app %q: %w", app.Name, err)
 	}
+	appTLS, err := tlsFor(app, prev)
+	if err != nil {
+		return nil, err
+	}
 	ft := &failoverTarget{
 		app:   app,
 		ctx:   ctx,
 		log:   log.With("app", app.Name),
 		pool:  pool,
 		conns: conns,
+		tls:   appTLS,
 		stats: &appStats{},
 		// Keepalive is set once by relay.SetKeepAlive, not also by the
 		// dialer's default.
@@ -122,6 +129,7 @@ func (ft *failoverTarget) commit() {
 	for _, ts := range ft.targets {
 		ts.health.SetPolicy(ft.policy())
 	}
+	ft.tls.commit()
 }
 
 // poolFor returns the balancer of app: prev's when the strategy and the
@@ -177,7 +185,14 @@ func (ft *failoverTarget) HandleConn(c net.Conn) {
 		s.turnAway(result)
 		return
 	}
+	if result := s.handshakeClient(c); result != "" {
+		s.turnAway(result)
+		return
+	}
 	target, result := s.connect()
+	if result == "" {
+		result = s.handshakeTarget(target)
+	}
 	if result != "" {
 		s.turnAway(result)
 		return

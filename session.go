@@ -94,6 +94,7 @@ type session struct {
 	entry    *connEntry        // tracked for shutdown
 	ts       *targetState      // the target relayed to
 	hdr      proxyproto.Header // inbound PROXY header, if the app takes one
+	tls      sessionTLS        // TLS to the client and the target, if the app has it (tls.go)
 	ended    bool
 }
 
@@ -186,7 +187,7 @@ func (s *session) relay(target *net.TCPConn) {
 	relay.SetKeepAlive(s.client, app.KeepAlive) // DialProxy cannot unwrap a relay.Conn to do it
 	relay.SetKeepAlive(target, app.KeepAlive)
 	idle := relay.NewTimeouts(app.IdleTimeout, app.HalfCloseTimeout)
-	client, dst := relay.New(s.client, idle), relay.New(target, idle)
+	client, dst := s.relayEnds(target, idle)
 	var src net.Conn = client
 	if len(s.peeked) > 0 {
 		// The library writes Peeked to the target before relaying.
@@ -211,7 +212,7 @@ func (s *session) relay(target *net.TCPConn) {
 }
 
 // relayed records what the relay moved and ends the session.
-func (s *session) relayed(client, target *relay.Conn, idle *relay.Idle, peeked int) {
+func (s *session) relayed(client, target relayEnd, idle *relay.Idle, peeked int) {
 	st := s.ft.stats
 	s.info.toTarget, s.info.toClient = client.BytesRead()+int64(peeked), target.BytesRead()
 	st.bytesToTarget.Add(s.info.toTarget)
@@ -222,7 +223,7 @@ func (s *session) relayed(client, target *relay.Conn, idle *relay.Idle, peeked i
 		st.idleTimeouts.Add(1)
 		result = "idle timeout"
 	}
-	for _, c := range []*relay.Conn{client, target} {
+	for _, c := range []relayEnd{client, target} {
 		if p := c.Panicked(); p != nil {
 			s.ft.log.Error("panic in relay", "client", s.info.client.String(), "panic", fmt.Sprint(p))
 			result = "panic"
