@@ -3,10 +3,13 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/michaeldbianchi/tcpproxy/internal/relay"
@@ -171,6 +174,21 @@ func (ft *failoverTarget) tlsSnapshot() *stats.TLS {
 	return &s
 }
 
+// sentAny is the conn a TLS server reads the client through: it notes
+// whether the client sent anything, so that a client that closes
+// before its first byte (a TCP health check) is not taken for a failed
+// handshake.
+type sentAny struct {
+	net.Conn
+	got bool
+}
+
+func (c *sentAny) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.got = c.got || n > 0
+	return n, err
+}
+
 // sessionTLS is a session's TLS connections, when its app has them.
 type sessionTLS struct {
 	client *tls.Conn // terminated: the client side, over the library's conn
@@ -193,7 +211,8 @@ func (s *session) handshakeClient(c net.Conn) string {
 		deadline = s.accepted.deadline
 	}
 	st := &s.ft.stats.tls
-	tc := tls.Server(c, t.store.base)
+	in := &sentAny{Conn: c}
+	tc := tls.Server(in, t.store.base)
 	err := s.client.SetDeadline(deadline)
 	if err == nil {
 		err = tc.Handshake()
@@ -201,7 +220,10 @@ func (s *session) handshakeClient(c net.Conn) string {
 	if err == nil {
 		err = s.client.SetDeadline(time.Time{}) // relayed from here on: no deadline
 	}
-	if err != nil {
+	switch {
+	case err != nil && !in.got && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
+		return "closed before the TLS handshake" // a TCP health check: no handshake
+	case err != nil:
 		st.clientFailure.Add(1)
 		st.clientLog.log(s.ft.log, slog.LevelWarn, "TLS handshake failed", "side", "client", "client", s.info.client.String(), "err", err)
 		return "tls handshake failed"

@@ -316,7 +316,8 @@ func TestTLSReloadNewCertificate(t *testing.T) {
 // is closed at preread_timeout, on its own port (where the proxy bounds
 // the handshake itself) and on an SNI-routed one (the deadline set at
 // accept); garbage instead of a ClientHello is closed at once. None
-// reaches the target; each is counted and logged, rate-limited.
+// reaches the target; each is counted and logged, rate-limited. A
+// client that closes before sending a byte is no failed handshake.
 func TestTLSHandshakeStallsAndGarbage(t *testing.T) {
 	x := newTLSTest(t)
 	be := startBackend(t, namedHandler("A"))
@@ -368,6 +369,14 @@ func TestTLSHandshakeStallsAndGarbage(t *testing.T) {
 		if !strings.Contains(log.String(), want) {
 			t.Errorf("log lacks %q:\n%s", want, log)
 		}
+	}
+	// A TCP health check connects and closes: that is no handshake.
+	dialProxy(t, plain).Close()
+	waitFor(t, 5*time.Second, "the health check's connection to end", func() bool {
+		return strings.Contains(log.String(), `result="closed before the TLS handshake"`)
+	})
+	if n := own.clientFailure.Load(); n != 5 {
+		t.Errorf("a connection closed before its first byte counted as a failed handshake (%d)", n)
 	}
 }
 
