@@ -17,7 +17,8 @@ import (
 // of cfg, except one target left dead so that failover shows. The dead
 // one is the last loopback target of the first app that has two or more.
 // Targets of apps on an address routed by TLS server name get an HTTPS
-// backend (see serveTLSDemo); the others an echo backend that prefixes
+// backend (see serveTLSDemo), unless the app terminates TLS; the others
+// an echo backend that prefixes
 // its replies with its own address, so the spread is visible. It returns
 // a function that stops the backends.
 func startDemoBackends(cfg *config, log *slog.Logger) (stop func(), err error) {
@@ -83,7 +84,8 @@ func demoDeadTarget(cfg *config) string {
 }
 
 // demoTLSTargets returns the targets of every app on a listen address
-// that some app routes by TLS server name: TLS passes through to them.
+// that some app routes by TLS server name, unless the app terminates TLS
+// itself: TLS passes through to them.
 func demoTLSTargets(cfg *config) map[string]bool {
 	sniAddrs := map[string]bool{}
 	for _, a := range cfg.Apps {
@@ -94,7 +96,7 @@ func demoTLSTargets(cfg *config) map[string]bool {
 	out := map[string]bool{}
 	for _, a := range cfg.Apps {
 		for _, addr := range a.listenAddrs() {
-			if sniAddrs[addr] {
+			if sniAddrs[addr] && a.TLS == nil {
 				for _, t := range a.Targets {
 					out[t.Address] = true
 				}

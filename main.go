@@ -136,7 +136,7 @@ func newFlagSet(o *options, getenv func(string) string) *flag.FlagSet {
 	fs.StringVar(&o.configPath, "config", config, "config file `path` (same as -c)")
 	fs.BoolVar(&o.check, "check", false, "validate the config, print a summary or every error, and exit 0 or 1")
 	fs.BoolVar(&o.check, "t", false, "same as -check (as nginx -t)")
-	fs.BoolVar(&o.demo, "demo", false, "start in-process backends for the config's loopback targets (HTTPS on SNI-routed ports, echo elsewhere; one left dead), then proxy")
+	fs.BoolVar(&o.demo, "demo", false, "start in-process backends for the config's loopback targets (HTTPS behind SNI passthrough routes, echo elsewhere; one left dead), then proxy")
 	fs.BoolVar(&o.watch, "watch", false, "reload the config whenever the file, or a certificate, key or CA file it names, changes (as on SIGHUP)")
 	fs.BoolVar(&o.upgrade, "upgrade", false, "upgrade the running proxy named by -pid-file to the binary on disk, without dropping a connection, and exit 0 when done")
 	fs.StringVar(&o.pidFile, "pid-file", "", "write the process ID to `path` once serving (rewritten by an upgraded process)")
