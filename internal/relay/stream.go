@@ -13,10 +13,13 @@ import (
 // largest plaintext a TLS record carries (2^14 bytes), so one Read of a
 // *tls.Conn returns a whole record. streamSmall is the buffer it waits
 // with, on its own stack: a read that fills it marks the stream as bulk
-// and the next read takes a streamSize buffer from the pool, and a read
-// that does not fill that gives it back. So an idle stream holds
-// streamSmall bytes, not streamSize (measured: 16 KiB less per idle
-// terminated connection).
+// and the next read takes a streamSize buffer from the pool; a read of
+// less than streamSmall (small messages again) gives it back. (Not any
+// read short of streamSize: the rest of a record read in part is one,
+// and bulk data would then alternate between a 1 KiB and a 15 KiB
+// write.) So a stream idle after small messages holds streamSmall bytes,
+// not streamSize: 16 KiB less per idle terminated connection; one idle
+// right after bulk data may still hold the big one.
 const (
 	streamSize  = 16 << 10
 	streamSmall = 1 << 10
@@ -110,8 +113,8 @@ func (s *Stream) writeTo(w io.Writer) (int64, error) {
 		switch {
 		case n == len(buf) && big == nil:
 			big = streamBufs.Get().(*[]byte)
-		case n < len(buf) && big != nil:
-			streamBufs.Put(big) // back before the next wait
+		case n < streamSmall && big != nil:
+			streamBufs.Put(big) // small messages again: back before the next wait
 			big = nil
 		}
 		switch {
