@@ -322,10 +322,12 @@ func TestTLSHandshakeStallsAndGarbage(t *testing.T) {
 	x := newTLSTest(t)
 	be := startBackend(t, namedHandler("A"))
 	plain, shared := freePort(t), freePort(t)
-	const preread = 400 * time.Millisecond
+	// Long enough that the library's peek routes the stalled client on
+	// the SNI port before it, on a loaded machine under -race.
+	const preread = time.Second
 	srv, log := startProxy(t, "apps:\n"+
-		appYAML("own", []int{plain}, []string{be.addr}, "preread_timeout: 400ms\n"+tlsKeys([][2]string{{x.aCert, x.aKey}}))+
-		appYAML("named", []int{shared}, []string{be.addr}, "preread_timeout: 400ms\nsni: [a.test]\n"+tlsKeys([][2]string{{x.aCert, x.aKey}})))
+		appYAML("own", []int{plain}, []string{be.addr}, "preread_timeout: 1s\n"+tlsKeys([][2]string{{x.aCert, x.aKey}}))+
+		appYAML("named", []int{shared}, []string{be.addr}, "preread_timeout: 1s\nsni: [a.test]\n"+tlsKeys([][2]string{{x.aCert, x.aKey}})))
 	hello := clientHello(t, "a.test")
 	tests := []struct {
 		name  string
@@ -359,9 +361,11 @@ func TestTLSHandshakeStallsAndGarbage(t *testing.T) {
 		t.Fatalf("the target saw %d connections", n)
 	}
 	own, named := &srv.appAt(0).stats.tls, &srv.appAt(1).stats.tls
-	waitFor(t, 5*time.Second, "the failures to be counted", func() bool {
-		return own.clientFailure.Load() == 5 && named.clientFailure.Load() == 1
-	})
+	for deadline := time.Now().Add(5 * time.Second); own.clientFailure.Load() != 5 || named.clientFailure.Load() != 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("failed handshakes counted: own port %d, want 5; SNI route %d, want 1; log:\n%s", own.clientFailure.Load(), named.clientFailure.Load(), log)
+		}
+	}
 	waitFor(t, 5*time.Second, "the suppressed failures to be summed up", func() bool {
 		return strings.Contains(log.String(), `msg="TLS handshake failed" app=own suppressed=`)
 	})
