@@ -272,7 +272,7 @@ func TestTLSToTarget(t *testing.T) {
 
 // TestTLSReloadNewCertificate: a reload (same config, new files) gives
 // new connections the new certificate, while a connection made with the
-// old one works on.
+// old one works on, and a session from before the reload resumes.
 func TestTLSReloadNewCertificate(t *testing.T) {
 	x := newTLSTest(t)
 	be := startBackend(t, namedHandler("A"))
@@ -285,6 +285,14 @@ func TestTLSReloadNewCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	echoCheck(t, old, "A", 1000)
+	// A client that keeps sessions, to resume after the reload.
+	resuming := &tls.Config{ServerName: "a.test", RootCAs: x.ca.pool, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	first, err := dialTLSProxy(t, port, resuming)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoCheck(t, first, "A", 10) // reads the session ticket too
+	first.Close()
 
 	renewed := x.ca.issue(t, "a.test renewed", []string{"a.test"}, inDays(180), false)
 	renewed.write(t, x.dir, "a")
@@ -309,6 +317,13 @@ func TestTLSReloadNewCertificate(t *testing.T) {
 	got := make([]byte, len(msg))
 	if _, err := io.ReadFull(old, got); err != nil || !bytes.Equal(got, msg) {
 		t.Fatalf("old connection after the reload: %q, %v", got, err)
+	}
+	again, err := dialTLSProxy(t, port, resuming)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.ConnectionState().DidResume {
+		t.Error("a session from before the reload did not resume: the ticket keys were not carried over")
 	}
 }
 
