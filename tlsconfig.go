@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/big"
 	"net/netip"
@@ -313,17 +314,37 @@ func (v *validator) resolvePath(p string) string {
 	return filepath.Join(filepath.Dir(v.path), p)
 }
 
+// maxPEMFile bounds what is read of a certificate, key or CA file: a
+// large CA bundle is a few hundred KiB.
+const maxPEMFile = 16 << 20
+
 // readPEMFile reads a certificate, key or CA file, with errors an
-// operator can act on.
+// operator can act on. Only a regular file (or a link to one) of at most
+// maxPEMFile bytes is read, so that a config naming /dev/zero or a FIFO
+// fails rather than hangs.
 func readPEMFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	fi, err := os.Stat(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("%s: file not found", path)
 	case err != nil:
 		return nil, fmt.Errorf("cannot read: %w", err)
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPEMFile+1))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("cannot read %s: %w", path, err)
 	case len(b) == 0:
 		return nil, fmt.Errorf("%s is empty", path)
+	case len(b) > maxPEMFile:
+		return nil, fmt.Errorf("%s is over %d MiB: not a certificate, key or CA file", path, maxPEMFile>>20)
 	}
 	return b, nil
 }

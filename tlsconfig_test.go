@@ -12,7 +12,7 @@ import (
 // tlsFiles writes, into a new temp dir, the files the TLS config tests
 // name: good (a server certificate for 90 days), soon (5 days left),
 // expired (a day ago), other.key (a key of no certificate here), ca.pem
-// (the issuing CA) and notpem.txt.
+// (the issuing CA), notpem.txt and empty.pem.
 func tlsFiles(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -23,6 +23,7 @@ func tlsFiles(t *testing.T) string {
 	writeFile(t, filepath.Join(dir, "other.key"), ca.issue(t, "x", nil, inDays(1), false).keyPEM)
 	writeFile(t, filepath.Join(dir, "ca.pem"), ca.pem)
 	writeFile(t, filepath.Join(dir, "notpem.txt"), []byte("hello\n"))
+	writeFile(t, filepath.Join(dir, "empty.pem"), nil)
 	return dir
 }
 
@@ -54,6 +55,9 @@ func TestTLSConfigErrors(t *testing.T) {
 			[]string{`config.yaml:8: app "db": tls.certificates[0]: cert: ` + dir + "/nope.pem: file not found"}},
 		{"key of another certificate", "  tls:\n    certificates:\n    - {cert: good.pem, key: other.key}\n",
 			[]string{`:8: app "db": tls.certificates[0]: cert ` + dir + "/good.pem and key " + dir + "/other.key: private key does not match public key"}},
+		{"a device", "  tls:\n    certificates:\n    - {cert: /dev/zero, key: good.key}\n", []string{`:8: app "db": tls.certificates[0]: cert: /dev/zero is not a regular file`}},
+		{"a directory", "  tls:\n    certificates:\n    - {cert: good.pem, key: .}\n", []string{`:8: app "db": tls.certificates[0]: key: ` + dir + " is not a regular file"}},
+		{"empty", "  tls:\n    certificates: [{cert: good.pem, key: good.key}]\n    client_ca: empty.pem\n", []string{`:8: app "db": tls.client_ca: ` + dir + "/empty.pem is empty"}},
 		{"not PEM", "  tls:\n    certificates:\n    - {cert: notpem.txt, key: good.key}\n",
 			[]string{`:8: app "db": tls.certificates[0]: cert`, "failed to find any PEM data in certificate input"}},
 		{"expired", "  tls:\n    certificates:\n    - {cert: good.pem, key: good.key}\n    - cert: expired.pem\n      key: expired.key\n",
