@@ -451,3 +451,58 @@ func TestTLSManyConnections(t *testing.T) {
 	wg.Wait()
 	waitFor(t, 5*time.Second, "every connection to end", func() bool { return srv.appAt(0).stats.active.Load() == 0 })
 }
+
+// TestTLSWithProxyProtocol: a PROXY header comes before TLS both ways,
+// as HAProxy and AWS NLBs send it: read from the client before the
+// handshake (accept_proxy_protocol), sent to the target before the
+// target handshake (proxy_protocol with target_tls).
+func TestTLSWithProxyProtocol(t *testing.T) {
+	x := newTLSTest(t)
+	plain := startBackend(t, namedHandler("A"))
+	headers := make(chan string, 1)
+	tlsAfterHeader := startBackend(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		headers <- line
+		tc := tls.Server(bufferedConn{c, r}, &tls.Config{Certificates: []tls.Certificate{x.db.pair}})
+		if tc.Handshake() == nil {
+			namedHandler("db")(tc)
+		}
+	})
+	in, out := freePort(t), freePort(t)
+	srv, log := startProxy(t, "apps:\n"+
+		appYAML("in", []int{in}, []string{plain.addr}, "accept_proxy_protocol: true\naccess_log: true\n"+tlsKeys([][2]string{{x.aCert, x.aKey}}))+
+		appYAML("out", []int{out}, []string{tlsAfterHeader.addr}, fmt.Sprintf("proxy_protocol: 1\ntarget_tls: {server_name: db.internal, ca: %q}", x.caPath)))
+
+	t.Run("from the client", func(t *testing.T) {
+		raw := dialProxy(t, in)
+		raw.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(raw, "PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n")
+		c := tls.Client(raw, &tls.Config{ServerName: "a.test", RootCAs: x.ca.pool})
+		echoCheck(t, c, "A", 1000)
+		c.Close()
+		waitFor(t, 5*time.Second, "the access log line with the header's client", func() bool {
+			return strings.Contains(log.String(), "app=in port=") && strings.Contains(log.String(), "client=192.0.2.7:40000")
+		})
+		if n := srv.appAt(0).stats.tls.clientOK.Load(); n != 1 {
+			t.Errorf("handshakes ok %d, want 1", n)
+		}
+	})
+	t.Run("to the target", func(t *testing.T) {
+		echoCheck(t, dialProxy(t, out), "db", 1000)
+		if h := <-headers; !strings.HasPrefix(h, "PROXY TCP4 127.0.0.1 127.0.0.1 ") {
+			t.Fatalf("target got %q before TLS, want a PROXY v1 header", h)
+		}
+	})
+}
+
+// bufferedConn is a conn whose first bytes were read into r.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
