@@ -110,13 +110,19 @@ type appConfig struct {
 	// with neither is its addresses' default.
 	SNI, HTTPHost []string
 	// PrereadTimeout bounds how long a client of a name-routed address
-	// may take to send what it is routed by (default 5s).
+	// may take to send what it is routed by (default 5s), and the TLS
+	// handshake of an app with TLS.
 	PrereadTimeout time.Duration
 
 	// ProxyProtocolFrom are the load balancers allowed to send a PROXY
 	// header; required (non-empty) with AcceptProxyProtocol, no default
 	// (trust.go).
 	ProxyProtocolFrom []netip.Prefix
+	// TLS terminates TLS from clients (nil, the default: passed through);
+	// TargetTLS speaks TLS to the targets (nil, the default: plain TCP).
+	// See tlsconfig.go.
+	TLS       *tlsConfig
+	TargetTLS *targetTLSConfig
 }
 
 // named reports whether the app is routed by name on its addresses.
@@ -190,7 +196,9 @@ type appOptions struct {
 	PrereadTimeout *string          `yaml:"preread_timeout"`
 
 	// ProxyProtocolFrom lists who may send a PROXY header (trust.go).
-	ProxyProtocolFrom *[]string `yaml:"proxy_protocol_from"`
+	ProxyProtocolFrom *[]string      `yaml:"proxy_protocol_from"`
+	TLS               *tlsFile       `yaml:"tls"`
+	TargetTLS         *targetTLSFile `yaml:"target_tls"`
 }
 
 type healthCheckFile struct {
@@ -361,8 +369,8 @@ var (
 	yamlLineRE     = regexp.MustCompile(`^line (\d+): (.*)$`)
 	yamlUnknownRE  = regexp.MustCompile(`^field (\S+) not found in type main\.(\w+)$`)
 	yamlCannotRE   = regexp.MustCompile("^cannot unmarshal !!(\\w+) `?(.*?)`? into (.+)$")
-	yamlTypeNames  = map[string]string{"int": "an integer", "string": "a string", "bool": "true or false", "[]int": "a list of ports", "[]main.targetFile": "a list of targets", "[]main.appFile": "a list of apps", "[]string": "a list", "main.appFile": "an app mapping", "main.fileConfig": "a mapping", "main.appOptions": "a mapping", "main.healthCheckFile": "a mapping"}
-	fileModelNames = map[string]string{"fileConfig": "top level", "appFile": "app", "appOptions": "defaults", "healthCheckFile": "health_check", "targetFile": "target"}
+	yamlTypeNames  = map[string]string{"int": "an integer", "string": "a string", "bool": "true or false", "[]int": "a list of ports", "[]main.targetFile": "a list of targets", "[]main.appFile": "a list of apps", "[]string": "a list", "main.appFile": "an app mapping", "main.fileConfig": "a mapping", "main.appOptions": "a mapping", "main.healthCheckFile": "a mapping", "main.tlsFile": "a mapping", "main.targetTLSFile": "a mapping", "[]main.certFile": "a list of certificates", "main.certFile": "a mapping"}
+	fileModelNames = map[string]string{"fileConfig": "top level", "appFile": "app", "appOptions": "defaults", "healthCheckFile": "health_check", "targetFile": "target", "tlsFile": "tls", "certFile": "tls.certificates", "targetTLSFile": "target_tls"}
 )
 
 // addTypeError records one of yaml.v3's decode errors, reworded for an
@@ -712,6 +720,7 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 	}
 	v.routeNames(app, pick, label)
 	v.proxyProtocolFrom(app, pick, label)
+	v.tlsOptions(app, pick, label)
 	return app
 }
 

@@ -1,18 +1,12 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
 	stdlog "log"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"sync"
@@ -23,7 +17,8 @@ import (
 // of cfg, except one target left dead so that failover shows. The dead
 // one is the last loopback target of the first app that has two or more.
 // Targets of apps on an address routed by TLS server name get an HTTPS
-// backend (see serveTLSDemo); the others an echo backend that prefixes
+// backend (see serveTLSDemo), unless the app terminates TLS; the others
+// an echo backend that prefixes
 // its replies with its own address, so the spread is visible. It returns
 // a function that stops the backends.
 func startDemoBackends(cfg *config, log *slog.Logger) (stop func(), err error) {
@@ -89,7 +84,8 @@ func demoDeadTarget(cfg *config) string {
 }
 
 // demoTLSTargets returns the targets of every app on a listen address
-// that some app routes by TLS server name: TLS passes through to them.
+// that some app routes by TLS server name, unless the app terminates TLS
+// itself: TLS passes through to them.
 func demoTLSTargets(cfg *config) map[string]bool {
 	sniAddrs := map[string]bool{}
 	for _, a := range cfg.Apps {
@@ -100,7 +96,7 @@ func demoTLSTargets(cfg *config) map[string]bool {
 	out := map[string]bool{}
 	for _, a := range cfg.Apps {
 		for _, addr := range a.listenAddrs() {
-			if sniAddrs[addr] {
+			if sniAddrs[addr] && a.TLS == nil {
 				for _, t := range a.Targets {
 					out[t.Address] = true
 				}
@@ -170,27 +166,9 @@ func isLoopbackTarget(addr string) bool {
 // signed by its own new ECDSA P-256 key and valid from an hour ago for a
 // day. It lives in memory only: nothing is written to disk.
 func selfSignedCert(cn string, dnsNames ...string) (tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, key, err := newSelfSigned(cn, dnsNames, 24*time.Hour)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("generate key: %w", err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("serial: %w", err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		DNSNames:     dnsNames,
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("create certificate: %w", err)
+		return tls.Certificate{}, err
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }

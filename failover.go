@@ -44,6 +44,7 @@ type failoverTarget struct {
 	conns   *connSet
 	stats   *appStats
 	past    map[string]*targetState // targets of earlier generations that this one lacks; see commit
+	tls     *appTLS                 // nil: no TLS (tls.go)
 
 	// panicHook, when set by a test, runs inside HandleConn to inject a
 	// panic where a real bug would strike.
@@ -82,6 +83,7 @@ type appStats struct {
 	// rejectedUntrusted counts clients outside proxy_protocol_from
 	// (trust.go).
 	rejectedUntrusted atomic.Int64
+	tls               tlsStats
 }
 
 // newFailoverTarget builds the Target of app. ctx bounds every dial. If
@@ -94,12 +96,17 @@ func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, co
 	if err != nil {
 		return nil, fmt.Errorf("app %q: %w", app.Name, err)
 	}
+	appTLS, err := tlsFor(app, prev)
+	if err != nil {
+		return nil, err
+	}
 	ft := &failoverTarget{
 		app:   app,
 		ctx:   ctx,
 		log:   log.With("app", app.Name),
 		pool:  pool,
 		conns: conns,
+		tls:   appTLS,
 		stats: &appStats{},
 		// Keepalive is set once by relay.SetKeepAlive, not also by the
 		// dialer's default.
@@ -138,6 +145,7 @@ func (ft *failoverTarget) commit() {
 		ts.health.SetPolicy(ft.policy())
 	}
 	ft.stats.pastTargets = ft.past
+	ft.tls.commit()
 }
 
 // poolFor returns the balancer of app: prev's when the strategy and the
@@ -193,7 +201,14 @@ func (ft *failoverTarget) HandleConn(c net.Conn) {
 		s.turnAway(result)
 		return
 	}
+	if result := s.handshakeClient(c); result != "" {
+		s.turnAway(result)
+		return
+	}
 	target, result := s.connect()
+	if result == "" {
+		result = s.handshakeTarget(target)
+	}
 	if result != "" {
 		s.turnAway(result)
 		return
@@ -252,7 +267,7 @@ func (s *session) relay(target *net.TCPConn) {
 	relay.SetKeepAlive(s.client, app.KeepAlive) // DialProxy cannot unwrap a relay.Conn to do it
 	relay.SetKeepAlive(target, app.KeepAlive)
 	idle := relay.NewTimeouts(app.IdleTimeout, app.HalfCloseTimeout)
-	client, dst := relay.New(s.client, idle), relay.New(target, idle)
+	client, dst := s.relayEnds(target, idle)
 	var src net.Conn = client
 	if len(s.peeked) > 0 {
 		// The library writes Peeked to the target before relaying.
@@ -277,7 +292,7 @@ func (s *session) relay(target *net.TCPConn) {
 }
 
 // relayed records what the relay moved and ends the session.
-func (s *session) relayed(client, target *relay.Conn, idle *relay.Idle, peeked int) {
+func (s *session) relayed(client, target relayEnd, idle *relay.Idle, peeked int) {
 	st := s.ft.stats
 	s.info.toTarget, s.info.toClient = client.BytesRead()+int64(peeked), target.BytesRead()
 	st.bytesToTarget.Add(s.info.toTarget)
@@ -288,7 +303,7 @@ func (s *session) relayed(client, target *relay.Conn, idle *relay.Idle, peeked i
 		st.idleTimeouts.Add(1)
 		result = "idle timeout"
 	}
-	for _, c := range []*relay.Conn{client, target} {
+	for _, c := range []relayEnd{client, target} {
 		if p := c.Panicked(); p != nil {
 			s.ft.log.Error("panic in relay", "client", s.info.client.String(), "panic", fmt.Sprint(p))
 			result = "panic"

@@ -140,8 +140,8 @@ func newFlagSet(o *options, getenv func(string) string) *flag.FlagSet {
 	fs.StringVar(&o.configPath, "config", config, "config file `path` (same as -c)")
 	fs.BoolVar(&o.check, "check", false, "validate the config, print a summary or every error, and exit 0 or 1")
 	fs.BoolVar(&o.check, "t", false, "same as -check (as nginx -t)")
-	fs.BoolVar(&o.demo, "demo", false, "start in-process backends for the config's loopback targets (HTTPS on SNI-routed ports, echo elsewhere; one left dead), then proxy")
-	fs.BoolVar(&o.watch, "watch", false, "reload the config whenever the file changes (as on SIGHUP)")
+	fs.BoolVar(&o.demo, "demo", false, "start in-process backends for the config's loopback targets (HTTPS behind SNI passthrough routes, echo elsewhere; one left dead), then proxy")
+	fs.BoolVar(&o.watch, "watch", false, "reload the config whenever the file, or a certificate, key or CA file it names, changes (as on SIGHUP)")
 	fs.BoolVar(&o.upgrade, "upgrade", false, "upgrade the running proxy named by -pid-file to the binary on disk, without dropping a connection, and exit 0 when done")
 	fs.StringVar(&o.pidFile, "pid-file", "", "write the process ID to `path` once serving (rewritten by an upgraded process)")
 	fs.StringVar(&o.pprofAddr, "pprof", "", "serve net/http/pprof on `addr` (e.g. 127.0.0.1:6060), for profiling; off by default")
@@ -200,6 +200,7 @@ type daemon struct {
 	shutdownTimeout time.Duration
 	shutdownDelay   time.Duration
 	adminToken      atomic.Pointer[string] // admin_token of the running config
+	certs           *certWatcher           // -watch of the TLS files; nil without (tlswatch.go)
 }
 
 // serve runs the proxy until it is stopped or upgraded, and returns the
@@ -241,6 +242,11 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 			changes = watcher.changes
 		}
 	}
+	var certs *certWatcher
+	if opts.watch {
+		certs = watchCerts(cfg, log)
+		defer certs.Close()
+	}
 
 	if err := checkNoFileLimit(cfg, log, inherited.HasParent()); err != nil {
 		log.Error("cannot start", "err", err)
@@ -255,6 +261,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 	}
 	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay, pprofLn: pprofLn}
 	d.adminToken.Store(&cfg.AdminToken)
+	d.certs = certs
 	if d.srv, err = startProxyServer(cfg, log, listenFunc(cfg.ReusePort, inherited.Listener)); err != nil {
 		log.Error("cannot start", "err", explainNoFile(cfg, err))
 		return 1
@@ -287,6 +294,8 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		select {
 		case <-changes:
 			d.reloadNotifying(func() { d.reloadFromWatch(watcher) })
+		case <-d.certs.Changes():
+			d.reloadNotifying(d.reload)
 		case sig := <-sigc:
 			switch sig {
 			case syscall.SIGHUP:

@@ -50,6 +50,7 @@ func (d *daemon) apply(cfg *config, err error) {
 			d.shutdownTimeout = cfg.ShutdownTimeout
 			d.shutdownDelay = cfg.ShutdownDelay
 			d.adminToken.Store(&cfg.AdminToken)
+			d.certs.set(cfg)
 			d.log.Info("config reloaded", sum.logAttrs()...)
 			cfg.logWarnings(d.log)
 			if cfg.Admin != d.startCfg.Admin || cfg.AdminPublic != d.startCfg.AdminPublic || cfg.ReusePort != d.startCfg.ReusePort {

@@ -445,7 +445,7 @@ func TestBinaryCheck(t *testing.T) {
 // TestBinaryDemo runs `tcpproxy -demo` on the shipped config.yaml and
 // talks to it like the README says.
 func TestBinaryDemo(t *testing.T) {
-	for _, p := range []int{5001, 5443, 9001, 9002, 9101, 9102, 9103} {
+	for _, p := range []int{5001, 5443, 9001, 9002, 9101, 9102, 9103, 9104} {
 		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p)); err != nil {
 			t.Fatalf("port %d, used by the shipped config.yaml, is busy: %v", p, err)
 		} else {
@@ -503,6 +503,36 @@ func TestBinaryDemo(t *testing.T) {
 		if !strings.Contains(string(out), "CN = tcpproxy demo backend 127.0.0.1:9102") {
 			t.Fatalf("openssl s_client did not reach the b backend:\n%s", out)
 		}
+	})
+	t.Run("TLS terminated, crypto/tls", func(t *testing.T) {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", "127.0.0.1:5443", &tls.Config{ServerName: "t.demo.test", InsecureSkipVerify: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if cn := c.ConnectionState().PeerCertificates[0].Subject.CommonName; cn != "t.demo.test" {
+			t.Fatalf("certificate %q, want the self-signed t.demo.test", cn)
+		}
+		fmt.Fprintln(c, "hello")
+		if got := readLine(t, c); got != "[127.0.0.1:9104] hello" {
+			t.Fatalf("terminated echo %q", got)
+		}
+	})
+	t.Run("TLS terminated, openssl s_client as in README", func(t *testing.T) {
+		if _, err := exec.LookPath("openssl"); err != nil {
+			t.Skip("openssl not installed")
+		}
+		cmd := exec.Command("openssl", "s_client", "-connect", "127.0.0.1:5443", "-servername", "t.demo.test", "-quiet")
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := startCmd(t, cmd)
+		io.WriteString(stdin, "hello\n")
+		waitFor(t, 10*time.Second, "the echo through the terminated connection", func() bool {
+			return strings.Contains(out.String(), "[127.0.0.1:9104] hello") && strings.Contains(out.String(), "CN = t.demo.test")
+		})
+		stdin.Close()
 	})
 }
 

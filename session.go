@@ -93,6 +93,7 @@ type session struct {
 	entry    *connEntry        // tracked for shutdown
 	ts       *targetState      // the target relayed to
 	hdr      proxyproto.Header // inbound PROXY header, if the app takes one
+	tls      sessionTLS        // TLS to the client and the target, if the app has it (tls.go)
 	ended    bool
 }
 

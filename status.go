@@ -14,6 +14,7 @@ import (
 func (ft *failoverTarget) extendSnapshot(a *stats.App) {
 	a.MaxConnections = ft.app.MaxConnections
 	a.HealthChecks = describeHealthChecks(ft.app)
+	a.TLS = ft.tlsSnapshot()
 	for i, ts := range ft.targets {
 		t := &a.Targets[i]
 		t.Drain = ts.drain.on()

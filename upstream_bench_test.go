@@ -14,7 +14,7 @@ import (
 
 // clientHello returns the ClientHello crypto/tls sends for server name
 // sni, with its default key shares, as the library's SNI route peeks it.
-func clientHello(b *testing.B, sni string) []byte {
+func clientHello(b testing.TB, sni string) []byte {
 	b.Helper()
 	c1, c2 := net.Pipe()
 	defer c1.Close()

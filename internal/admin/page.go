@@ -106,6 +106,17 @@ type appView struct {
 	ToTargetRate   string
 	ToClientRate   string
 	Targets        []targetView
+	TLS            string     // what the app does with TLS; "" when nothing
+	Certs          []certView // its certificates, with their expiry
+}
+
+// certView is one certificate of an app.
+type certView struct {
+	Subject  string
+	Names    string
+	NotAfter string
+	Left     string // "in 89d3h", or "expired 2d1h ago"
+	State    string // "ok", "expiring" (within 14 days) or "expired": its colour
 }
 
 type targetView struct {
@@ -180,6 +191,9 @@ func appViewOf(a *stats.App, now time.Time) appView {
 	if a.MaxConnections > 0 {
 		av.LimitUse = strconv.FormatFloat(100*float64(a.Active)/float64(a.MaxConnections), 'f', 1, 64) + "%"
 		av.LimitHigh, av.LimitFull = a.MaxConnections*80/100, a.MaxConnections*95/100
+	}
+	if a.TLS != nil {
+		av.TLS, av.Certs = tlsViewOf(a.TLS, now)
 	}
 	for i := range a.Targets {
 		tv := targetViewOf(&a.Targets[i], now)
@@ -321,4 +335,44 @@ func humanDuration(d time.Duration) string {
 	default:
 		return fmt.Sprintf("%ds", secs)
 	}
+}
+
+// certExpiring is how close to its expiry a certificate turns amber on
+// the page, as it makes a config warning at load.
+const certExpiring = 14 * 24 * time.Hour
+
+// tlsViewOf says what an app does with TLS, and lists its certificates.
+func tlsViewOf(t *stats.TLS, now time.Time) (string, []certView) {
+	var parts []string
+	h := t.Handshakes
+	if t.Terminate {
+		s := "terminates (min version " + t.MinVersion
+		if len(t.ALPN) > 0 {
+			s += ", ALPN " + strings.Join(t.ALPN, ", ")
+		}
+		if t.ClientAuth {
+			s += ", client certificates required"
+		}
+		parts = append(parts, fmt.Sprintf("%s), handshakes %d ok, %d failed", s, h.ClientOK, h.ClientFailure))
+	}
+	if t.Target {
+		parts = append(parts, fmt.Sprintf("to targets, handshakes %d ok, %d failed", h.TargetOK, h.TargetFailure))
+	}
+	certs := make([]certView, 0, len(t.Certificates))
+	for _, c := range t.Certificates {
+		cv := certView{Subject: c.Subject, Names: strings.Join(c.Names, ", "), NotAfter: c.NotAfter.UTC().Format(time.RFC3339), State: "ok"}
+		switch left := c.NotAfter.Sub(now); {
+		case left <= 0:
+			cv.Left, cv.State = "expired "+humanDuration(-left)+" ago", "expired"
+		case left < certExpiring:
+			cv.Left, cv.State = "in "+humanDuration(left), "expiring"
+		default:
+			cv.Left = "in " + humanDuration(left)
+		}
+		if c.Use == "target_client" {
+			cv.Subject += " (shown to targets)"
+		}
+		certs = append(certs, cv)
+	}
+	return strings.Join(parts, "; "), certs
 }

@@ -3,6 +3,8 @@ package admin
 import (
 	"testing"
 	"time"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
 
 func TestHumanBytes(t *testing.T) {
@@ -53,6 +55,40 @@ func TestListenHost(t *testing.T) {
 		t.Run(want, func(t *testing.T) {
 			if got := listenHost(in); got != want {
 				t.Errorf("listenHost(%q) = %q, want %q", in, got, want)
+			}
+		})
+	}
+}
+
+// TestTLSView: what the page says of an app's TLS, and each
+// certificate's expiry coloured by how close it is.
+func TestTLSView(t *testing.T) {
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	cert := func(use string, left time.Duration) stats.Certificate {
+		return stats.Certificate{Use: use, Subject: "CN=x", Names: []string{"x.test", "10.0.0.1"}, NotAfter: now.Add(left)}
+	}
+	tests := []struct {
+		name     string
+		tls      stats.TLS
+		want     string
+		wantCert certView
+	}{
+		{"terminates", stats.TLS{Terminate: true, MinVersion: "1.3", ALPN: []string{"h2", "http/1.1"}, ClientAuth: true,
+			Certificates: []stats.Certificate{cert("server", 90*24*time.Hour)}, Handshakes: stats.Handshakes{ClientOK: 3, ClientFailure: 1}},
+			"terminates (min version 1.3, ALPN h2, http/1.1, client certificates required), handshakes 3 ok, 1 failed",
+			certView{Subject: "CN=x", Names: "x.test, 10.0.0.1", NotAfter: "2026-07-30T12:00:00Z", Left: "in 90d0h", State: "ok"}},
+		{"expiring", stats.TLS{Terminate: true, MinVersion: "1.2", Certificates: []stats.Certificate{cert("server", 49*time.Hour)}},
+			"terminates (min version 1.2), handshakes 0 ok, 0 failed",
+			certView{Subject: "CN=x", Names: "x.test, 10.0.0.1", NotAfter: "2026-05-03T13:00:00Z", Left: "in 2d1h", State: "expiring"}},
+		{"to targets, expired client certificate", stats.TLS{Target: true, Certificates: []stats.Certificate{cert("target_client", -time.Hour)}, Handshakes: stats.Handshakes{TargetFailure: 2}},
+			"to targets, handshakes 0 ok, 2 failed",
+			certView{Subject: "CN=x (shown to targets)", Names: "x.test, 10.0.0.1", NotAfter: "2026-05-01T11:00:00Z", Left: "expired 1h0m ago", State: "expired"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, certs := tlsViewOf(&tt.tls, now)
+			if got != tt.want || len(certs) != 1 || certs[0] != tt.wantCert {
+				t.Errorf("tlsViewOf = %q, %+v\nwant       %q, %+v", got, certs, tt.want, tt.wantCert)
 			}
 		})
 	}

@@ -43,6 +43,10 @@ func sampleSnapshot() stats.Snapshot {
 						DownBy: "active", DownSince: &at},
 					{Address: "127.0.0.1:9002", Up: true, Weight: 1, Drain: true},
 				},
+				TLS: &stats.TLS{Terminate: true, MinVersion: "1.2", ALPN: []string{"h2"}, Target: true,
+					Certificates: []stats.Certificate{{Use: "server", Subject: "CN=a.example.com", Names: []string{"a.example.com"},
+						NotAfter: time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC), File: "/etc/tcpproxy/a.pem"}},
+					Handshakes: stats.Handshakes{ClientOK: 7, ClientFailure: 1, TargetOK: 6}},
 			},
 			{Name: "idle", Balance: "random"},
 		},
@@ -123,12 +127,16 @@ func TestStatusJSON(t *testing.T) {
 					{"address": "127.0.0.1:9002", "up": true, "weight": 1, "backup": false,
 					 "active": 0, "total": 0, "dials": 0, "failures": 0,
 					 "last_error": "", "last_error_at": null, "drain": true, "down_by": "", "down_since": null}
-				 ]},
+				 ],
+				 "tls": {"terminate": true, "client_auth": false, "min_version": "1.2", "alpn": ["h2"], "target": true,
+				  "certificates": [{"use": "server", "subject": "CN=a.example.com", "names": ["a.example.com"],
+				   "not_after": "2099-01-01T00:00:00Z", "file": "/etc/tcpproxy/a.pem"}],
+				  "handshakes": {"client_ok": 7, "client_failure": 1, "target_ok": 6, "target_failure": 0}}},
 				{"name": "idle", "listen": "", "ports": [], "balance": "random", "sni": [], "http_host": [],
 				 "active": 0, "total": 0, "rejected_limit": 0, "rejected_denied": 0, "rejected_untrusted_proxy": 0, "failed": 0, "idle_timeouts": 0,
 				 "bytes_to_target": 0, "bytes_to_client": 0, "max_connections": 0, "health_checks": "",
 				 "rates": {"connections_per_second": 0, "bytes_to_target_per_second": 0, "bytes_to_client_per_second": 0},
-				 "targets": []}
+				 "targets": [], "tls": null}
 			],
 			"listeners": [{"listen": "127.0.0.1:5001", "unrouted_no_match": 3, "unrouted_preread_timeout": 1}]}`,
 		},
@@ -209,6 +217,7 @@ func TestPage(t *testing.T) {
 				regexp.MustCompile(`health checks: passive \(max_fails 1, fail_timeout 10s\), active`),
 				regexp.MustCompile(`2/3 targets up, 1 drained`),
 				regexp.MustCompile(`config loaded</dt><dd>2026-05-01T12:00:00Z \(`),
+				regexp.MustCompile(`TLS: terminates \(min version 1\.2, ALPN h2\), handshakes 7 ok, 1 failed; to targets, handshakes 6 ok, 0 failed<br>certificate CN=a\.example\.com for a\.example\.com: expires <span class="ok">2099-01-01T00:00:00Z \(in \d+d\d+h\)</span>`),
 			},
 		},
 		{

@@ -51,6 +51,12 @@ func withEmptySlices(s stats.Snapshot) stats.Snapshot {
 		if a.HTTPHost == nil {
 			a.HTTPHost = []string{}
 		}
+		if a.TLS != nil {
+			t := *a.TLS
+			t.ALPN = append([]string{}, t.ALPN...)
+			t.Certificates = append([]stats.Certificate{}, t.Certificates...)
+			a.TLS = &t
+		}
 		apps[i] = a
 	}
 	s.Apps = apps

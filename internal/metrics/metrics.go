@@ -32,6 +32,10 @@ const (
 
 	reasonNoMatch        = "no_match"
 	reasonPrereadTimeout = "preread_timeout"
+
+	sideClient = "client"
+	sideTarget = "target"
+	resultOK   = "ok"
 )
 
 // descs are the descriptions of every series the Collector emits. The label
@@ -53,6 +57,8 @@ type descs struct {
 	reloads           *prometheus.Desc
 	lastReloadSuccess *prometheus.Desc
 	unrouted          *prometheus.Desc
+	tlsHandshakes     *prometheus.Desc
+	tlsNotAfter       *prometheus.Desc
 }
 
 func newDescs() descs {
@@ -101,6 +107,12 @@ func newDescs() descs {
 		unrouted: prometheus.NewDesc("tcpproxy_unrouted_connections_total",
 			"Connections on a listen address that no app took: reason=\"no_match\" matched no sni/http_host name and the address has no default app, reason=\"preread_timeout\" sent too little to be routed within preread_timeout.",
 			[]string{"listen", "reason"}, nil),
+		tlsHandshakes: prometheus.NewDesc("tcpproxy_tls_handshakes_total",
+			"TLS handshakes of the app: side=\"client\" terminating TLS from clients (tls:), side=\"target\" speaking TLS to targets (target_tls:); result=\"ok\" or \"failure\".",
+			[]string{"app", "side", "result"}, nil),
+		tlsNotAfter: prometheus.NewDesc("tcpproxy_tls_certificate_not_after_timestamp_seconds",
+			"Unix time at which a certificate loaded for the app expires, by subject (the earliest, if two share a subject).",
+			[]string{"app", "subject"}, nil),
 	}
 }
 
@@ -109,6 +121,7 @@ func (d descs) all() []*prometheus.Desc {
 		d.connections, d.rejected, d.failed, d.idleTimeouts, d.active,
 		d.targetActive, d.targetDials, d.targetDialFailure, d.targetUp,
 		d.duration, d.bytes, d.reloads, d.lastReloadSuccess, d.unrouted,
+		d.tlsHandshakes, d.tlsNotAfter,
 	}
 }
 
@@ -208,6 +221,39 @@ func (c *collector) collectApp(e emitter, a *stats.App) {
 		e.metric(d.targetDials, prometheus.CounterValue, float64(t.Dials), a.Name, t.Address)
 		e.metric(d.targetDialFailure, prometheus.CounterValue, float64(t.Failures), a.Name, t.Address)
 		e.metric(d.targetUp, prometheus.GaugeValue, boolFloat(t.Up), a.Name, t.Address)
+	}
+	if a.TLS != nil {
+		c.collectTLS(e, a.Name, a.TLS)
+	}
+}
+
+// collectTLS emits an app's handshake counts (each side the app has)
+// and the expiry of each certificate subject it loaded.
+func (c *collector) collectTLS(e emitter, app string, t *stats.TLS) {
+	d, h := c.d, t.Handshakes
+	if t.Terminate {
+		e.metric(d.tlsHandshakes, prometheus.CounterValue, float64(h.ClientOK), app, sideClient, resultOK)
+		e.metric(d.tlsHandshakes, prometheus.CounterValue, float64(h.ClientFailure), app, sideClient, resultFailure)
+	}
+	if t.Target {
+		e.metric(d.tlsHandshakes, prometheus.CounterValue, float64(h.TargetOK), app, sideTarget, resultOK)
+		e.metric(d.tlsHandshakes, prometheus.CounterValue, float64(h.TargetFailure), app, sideTarget, resultFailure)
+	}
+	// One series per subject: two certificates with one subject (say an
+	// ECDSA and an RSA one) report the one that expires first.
+	notAfter := map[string]float64{}
+	var order []string
+	for _, cert := range t.Certificates {
+		v := float64(cert.NotAfter.Unix())
+		if old, seen := notAfter[cert.Subject]; !seen {
+			order = append(order, cert.Subject)
+		} else if old < v {
+			continue
+		}
+		notAfter[cert.Subject] = v
+	}
+	for _, subject := range order {
+		e.metric(d.tlsNotAfter, prometheus.GaugeValue, notAfter[subject], app, subject)
 	}
 }
 

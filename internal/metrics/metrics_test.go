@@ -243,3 +243,50 @@ tcpproxy_unrouted_connections_total{listen="127.0.0.1:5443",reason="preread_time
 		t.Fatal(err)
 	}
 }
+
+// Exposition headers of the TLS series.
+const (
+	tlsHandshakesHead = "# HELP tcpproxy_tls_handshakes_total TLS handshakes of the app: side=\"client\" terminating TLS from clients (tls:), side=\"target\" speaking TLS to targets (target_tls:); result=\"ok\" or \"failure\".\n# TYPE tcpproxy_tls_handshakes_total counter\n"
+	tlsNotAfterHead   = "# HELP tcpproxy_tls_certificate_not_after_timestamp_seconds Unix time at which a certificate loaded for the app expires, by subject (the earliest, if two share a subject).\n# TYPE tcpproxy_tls_certificate_not_after_timestamp_seconds gauge\n"
+)
+
+// TestTLSSeries: handshakes per side the app has, and one expiry per
+// certificate subject, the earliest when two certificates share one.
+func TestTLSSeries(t *testing.T) {
+	at := func(y int) time.Time { return time.Date(y, 1, 1, 0, 0, 0, 0, time.UTC) }
+	tests := []struct {
+		name string
+		tls  *stats.TLS
+		want string
+	}{
+		{"terminate and target", &stats.TLS{Terminate: true, Target: true,
+			Certificates: []stats.Certificate{
+				{Subject: "CN=a.example.com", NotAfter: at(2031)},
+				{Subject: "CN=b.example.com", NotAfter: at(2030)},
+				{Subject: "CN=a.example.com", NotAfter: at(2029)}, // an RSA twin that expires first
+				{Subject: "CN=a.example.com", NotAfter: at(2032)},
+			},
+			Handshakes: stats.Handshakes{ClientOK: 5, ClientFailure: 2, TargetOK: 4, TargetFailure: 1}},
+			tlsHandshakesHead + `tcpproxy_tls_handshakes_total{app="db",result="ok",side="client"} 5
+tcpproxy_tls_handshakes_total{app="db",result="failure",side="client"} 2
+tcpproxy_tls_handshakes_total{app="db",result="ok",side="target"} 4
+tcpproxy_tls_handshakes_total{app="db",result="failure",side="target"} 1
+` + tlsNotAfterHead + `tcpproxy_tls_certificate_not_after_timestamp_seconds{app="db",subject="CN=a.example.com"} 1.86192e+09
+tcpproxy_tls_certificate_not_after_timestamp_seconds{app="db",subject="CN=b.example.com"} 1.893456e+09
+`},
+		{"target only", &stats.TLS{Target: true, Handshakes: stats.Handshakes{TargetOK: 3}},
+			tlsHandshakesHead + `tcpproxy_tls_handshakes_total{app="db",result="ok",side="target"} 3
+tcpproxy_tls_handshakes_total{app="db",result="failure",side="target"} 0
+`},
+		{"no TLS", nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := stats.Snapshot{Apps: []stats.App{{Name: "db", TLS: tt.tls}}}
+			c := NewCollector(func() stats.Snapshot { return snap })
+			if err := testutil.CollectAndCompare(c, strings.NewReader(tt.want), "tcpproxy_tls_handshakes_total", "tcpproxy_tls_certificate_not_after_timestamp_seconds"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -20,10 +20,11 @@ const (
 	modeRelayCopy             // *Conn sources, destinations hide ReadFrom: WriteTo's buffer path
 	modePlain                 // bare *net.TCPConn: Go's splice, holds pipes while idle
 	modeUserspace             // both sides hide WriteTo/ReadFrom: io.Copy's 32 KiB buffer
+	modeStream                // front is a *Stream over the plain socket (a TLS side without the crypto), back a *Conn
 )
 
 func (m mode) String() string {
-	return [...]string{"relay", "relay-nosplice", "plain", "userspace"}[m]
+	return [...]string{"relay", "relay-nosplice", "plain", "userspace", "stream"}[m]
 }
 
 type proxy struct {
@@ -38,6 +39,9 @@ func startProxy(front, back *net.TCPConn, m mode, idle *Idle) *proxy {
 	p := &proxy{front: front, back: back, done: make(chan struct{})}
 	if m == modeRelay || m == modeRelayCopy {
 		p.front, p.back = New(front, idle), New(back, idle)
+	}
+	if m == modeStream {
+		p.front, p.back = NewStream(front, front, idle), New(back, idle)
 	}
 	hideW := m == modeRelayCopy || m == modeUserspace
 	hideR := m == modeUserspace

@@ -148,11 +148,15 @@ func (c *Conn) writeTo(w io.Writer) (int64, error) {
 }
 
 // waitError turns an error from waiting for data into WriteTo's error.
-func (c *Conn) waitError(err error) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) && c.idle.TimedOut() {
-		return fmt.Errorf("relay: idle for %v: %w", c.idle.timeout, err)
+func (c *Conn) waitError(err error) error { return waitError(c.idle, err) }
+
+// waitError turns an error from waiting for data on a conn of idle's
+// pair into a WriteTo error that says why.
+func waitError(idle *Idle, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) && idle.TimedOut() {
+		return fmt.Errorf("relay: idle for %v: %w", idle.timeout, err)
 	}
-	if errors.Is(err, os.ErrDeadlineExceeded) && c.idle != nil && c.idle.stopped.Load() {
+	if errors.Is(err, os.ErrDeadlineExceeded) && idle.isStopped() {
 		return fmt.Errorf("relay: stopped: %w", err)
 	}
 	return fmt.Errorf("relay: wait: %w", err)

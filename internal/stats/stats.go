@@ -68,6 +68,40 @@ type App struct {
 	Targets []Target `json:"targets"`
 	// Removed marks an app a reload removed whose connections still run.
 	Removed bool `json:"removed,omitempty"`
+	// TLS is the app's TLS termination and TLS to its targets; nil when
+	// it has neither (TLS passes through untouched).
+	TLS *TLS `json:"tls"`
+}
+
+// TLS is what an app does with TLS, its certificates and its handshakes.
+type TLS struct {
+	Terminate  bool     `json:"terminate"`   // tls: set: the proxy terminates TLS from clients
+	ClientAuth bool     `json:"client_auth"` // clients must show a certificate (client_ca)
+	MinVersion string   `json:"min_version"` // "1.2" or "1.3"; "" when not terminating
+	ALPN       []string `json:"alpn"`        // offered ALPN protocols
+	Target     bool     `json:"target"`      // target_tls: set: the proxy speaks TLS to targets
+	// Certificates are those loaded for the app: the ones it shows
+	// clients, then the one it shows targets, if any.
+	Certificates []Certificate `json:"certificates"`
+	Handshakes   Handshakes    `json:"handshakes"`
+}
+
+// Certificate is one loaded certificate.
+type Certificate struct {
+	Use      string    `json:"use"`     // "server" (shown to clients) or "target_client" (shown to targets)
+	Subject  string    `json:"subject"` // the subject, or the first name if the subject is empty
+	Names    []string  `json:"names"`   // DNS names and IP addresses
+	NotAfter time.Time `json:"not_after"`
+	File     string    `json:"file"` // the certificate file; "" for a self-signed one made in memory
+}
+
+// Handshakes counts an app's TLS handshakes since start, by side:
+// with its clients (termination) and with its targets (target_tls).
+type Handshakes struct {
+	ClientOK      int64 `json:"client_ok"`
+	ClientFailure int64 `json:"client_failure"`
+	TargetOK      int64 `json:"target_ok"`
+	TargetFailure int64 `json:"target_failure"`
 }
 
 // RateWindow is the span the admin server's rates are taken over.
