@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -354,6 +355,48 @@ type validator struct {
 	nameNodes map[*appConfig]map[string]*yaml.Node
 	appNodes  map[*appConfig]*yaml.Node
 	warnings  []configWarning
+	resolved  map[string]string // hostsResolved's cache
+}
+
+// hostsOnly resolves names from the hosts file alone: validation sends
+// no DNS query (it runs in -check, in tests and in fuzzing).
+var hostsOnly = &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+	return nil, errors.New("no DNS at validation")
+}}
+
+// hostsResolved returns the address a listen host name stands for in the
+// hosts file ("localhost" is 127.0.0.1), an IPv4 one first as the
+// listener would bind it, so that two spellings of one socket are seen
+// to clash; an address, an unset host or a name the hosts file lacks is
+// returned as it is.
+func (v *validator) hostsResolved(host string) string {
+	if host == "" || net.ParseIP(host) != nil {
+		return host
+	}
+	if r, ok := v.resolved[host]; ok {
+		return r
+	}
+	r := host
+	if ips, err := hostsOnly.LookupNetIP(context.Background(), "ip", host); err == nil && len(ips) > 0 {
+		slices.SortStableFunc(ips, func(a, b netip.Addr) int { return boolCmp(b.Is4(), a.Is4()) })
+		r = ips[0].Unmap().String()
+	}
+	if v.resolved == nil {
+		v.resolved = map[string]string{}
+	}
+	v.resolved[host] = r
+	return r
+}
+
+// boolCmp orders false before true.
+func boolCmp(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 // warnf records a warning at node n.
@@ -519,7 +562,7 @@ func (v *validator) validate(f *fileConfig) *config {
 			}
 			for _, other := range ports[p] {
 				shared := other.app != label && other.host == app.Listen && (other.named || app.named())
-				if listenConflict(app.Listen, other.host) && !shared {
+				if listenConflict(v.hostsResolved(app.Listen), v.hostsResolved(other.host)) && !shared {
 					where := "within the app"
 					if other.app != label {
 						where = "also used by " + other.app

@@ -230,6 +230,8 @@ func TestLoadConfigErrors(t *testing.T) {
 			[]string{`:7: app "b": listen address 127.0.0.1:443 is already used at line 3`}},
 		{"shared address settings differ", "apps:\n- name: a\n  ports: [443]\n  targets: [a:1]\n  sni: [a.test]\n- name: b\n  ports: [443]\n  targets: [a:1]\n  accept_proxy_protocol: true\n  preread_timeout: 1s\n",
 			[]string{`:6: app "b": accept_proxy_protocol differs from app "a"`, `:6: app "b": preread_timeout 1s differs from app "a"'s 5s`}},
+		{"one socket spelled two ways (localhost from the hosts file)", "apps:\n- name: a\n  listen: localhost\n  ports: [80]\n  targets: [a:1]\n- name: b\n  listen: 127.0.0.1\n  ports: [80]\n  targets: [a:1]\n",
+			[]string{`:8: app "b": listen address 127.0.0.1:80 is already used at line 4 (also used by app "a")`}},
 		{"duplicate key", "apps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n  ports: [2]\n",
 			[]string{`:5: mapping key "ports" already defined at line 3`}},
 		{"preread_timeout", "defaults:\n  preread_timeout: 0s\napps:\n- name: a\n  ports: [1]\n  targets: [a:1]\n", []string{`:2: app "a": preread_timeout: 0s must be greater than zero`}},
