@@ -56,7 +56,7 @@ if ! out=$(podman run --rm "$image" -version 2>&1); then
 	echo "image-test: running with ${run_flags[*]}"
 fi
 echo "$out"
-echo "$out" | grep -q "^tcpproxy version " || { echo "image-test: -version in the image: $out"; exit 1; }
+grep -q "^tcpproxy version " <<<"$out" || { echo "image-test: -version in the image: $out"; exit 1; }
 
 tmp=$(mktemp -d)
 name=tcpproxy-image-test-$$
@@ -136,6 +136,6 @@ wait "$stopper"
 logs=$(podman logs "$name" 2>&1)
 code=$(podman inspect -f '{{.State.ExitCode}}' "$name")
 echo "$logs" | tail -3
-echo "$logs" | grep -q 'msg=stopped drained=1 cut=0' || { echo "image-test: the log does not show the drain"; exit 1; }
+grep -q 'msg=stopped drained=1 cut=0' <<<"$logs" || { echo "image-test: the log does not show the drain"; exit 1; }
 [ "$code" = 0 ] || { echo "image-test: exit code $code, want 0"; exit 1; }
 echo "image-test: PASS (built, proxied one connection, drained it on podman stop, exit 0)"
