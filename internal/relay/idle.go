@@ -14,7 +14,9 @@ import (
 // and the target conn are both wrapped with the same *Idle.
 //
 // It bounds the pair's quiet phases. With an idle timeout, the pair is
-// closed when neither direction moved bytes for that long. With a
+// closed when neither direction moved bytes for that long; a peer that
+// acknowledged bytes of a write still in progress (a slow reader) counts
+// as movement, checked when a deadline fires (see sendProgress). With a
 // half-close timeout, once one direction has finished cleanly (its source
 // sent FIN) the other is closed when it moves no bytes for that long, so a
 // peer that vanished after a half-close cannot pin the relay. And when one
@@ -178,7 +180,9 @@ func (i *Idle) expire() { i.stop(!i.halfClosed.Load() || i.limit() == i.timeout)
 // stop marks the pair stopped (idle says whether for idleness) and wakes
 // every blocked read and write on it, including the other direction's,
 // so the relay stops at once instead of when the other direction's own
-// deadline fires.
+// deadline fires. A conn whose peer has not taken everything sent to it
+// (SIOCOUTQ > 0) gets SO_LINGER 0 and no FIN (see Conn.CloseWrite): its
+// close resets the connection, so a cut stream never looks complete.
 func (i *Idle) stop(idle bool) {
 	if i.stopped.Swap(true) {
 		return

@@ -26,8 +26,9 @@ import (
 // splice pipe while the connection is idle.
 //
 // io.Copy(dst, src) asks src for io.WriterTo first, so a Conn used as the
-// source of inetaf/tcpproxy's io.Copy decides how bytes move. Everything
-// else (CloseRead, CloseWrite, ReadFrom, deadlines) is promoted from the
+// source of inetaf/tcpproxy's io.Copy decides how bytes move. CloseWrite
+// is its own (no FIN after a stop that cut the stream, see CloseWrite);
+// everything else (CloseRead, ReadFrom, deadlines) is promoted from the
 // embedded *net.TCPConn, which keeps the library's half-close handling and
 // lets a Conn be the splice destination of another Conn.
 //

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -73,32 +72,16 @@ func idle(addr string, n, size int, hold time.Duration, pid int) (idleResult, er
 
 // treeRSSKiB sums VmRSS of pid and its descendants.
 func treeRSSKiB(pid int) int64 {
-	children := map[int][]int{}
-	paths, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, path := range paths {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(f) < 2 {
-			continue
-		}
-		p, _ := strconv.Atoi(filepath.Base(filepath.Dir(path)))
-		parent, _ := strconv.Atoi(f[1])
-		children[parent] = append(children[parent], p)
-	}
+	tree, _ := procTree(pid)
 	var total int64
-	for todo := []int{pid}; len(todo) > 0; todo = todo[1:] {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", todo[0]))
+	for _, p := range tree {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
 		for _, l := range strings.Split(string(b), "\n") {
 			if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
 				kib, _ := strconv.ParseInt(f[1], 10, 64)
 				total += kib
 			}
 		}
-		todo = append(todo, children[todo[0]]...)
 	}
 	return total
 }

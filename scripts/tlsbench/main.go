@@ -26,9 +26,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,30 +154,10 @@ func treeCPUms(pid int) float64 {
 	if pid == 0 {
 		return 0
 	}
-	children := map[int][]int{}
-	ticks := map[int]int64{}
-	paths, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, path := range paths {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(f) < 13 {
-			continue
-		}
-		p, _ := strconv.Atoi(filepath.Base(filepath.Dir(path)))
-		parent, _ := strconv.Atoi(f[1])
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		children[parent] = append(children[parent], p)
-		ticks[p] = u + st
-	}
+	tree, ticks := procTree(pid)
 	var total int64
-	for todo := []int{pid}; len(todo) > 0; todo = todo[1:] {
-		total += ticks[todo[0]]
-		todo = append(todo, children[todo[0]]...)
+	for _, p := range tree {
+		total += ticks[p]
 	}
 	return float64(total) * 10
 }
