@@ -42,15 +42,15 @@ func checkNoFileLimit(cfg *config, log *slog.Logger, upgraded bool) error {
 		}
 	}
 	listeners, inUse := listenerCount(cfg), descriptorsInUse()
-	if !upgraded && uint64(listeners+inUse) > lim.Cur {
+	if !upgraded && uint64(listeners+inUse) > uint64(lim.Cur) {
 		return fmt.Errorf("%d listeners need more open files than the limit of %d allows (%d in use): raise it (ulimit -n, LimitNOFILE=) or split the config", listeners, lim.Cur, inUse)
 	}
-	if uint64(listeners+descriptorReserve) > lim.Cur {
+	if uint64(listeners+descriptorReserve) > uint64(lim.Cur) {
 		fit := max(int(lim.Cur)-inUse-listeners, 0) / descriptorsPerConn
 		log.Warn("open files limit is low", "limit", lim.Cur, "listeners", listeners, "in_use", inUse, "connections_fit", fit,
 			"hint", "accept backs off while descriptors run out; raise LimitNOFILE= in the systemd unit, or ulimit -n")
 	}
-	if need := descriptorsNeeded(cfg, uint64(listeners+descriptorReserve)); need > lim.Cur {
+	if need := descriptorsNeeded(cfg, uint64(listeners+descriptorReserve)); need > uint64(lim.Cur) {
 		log.Warn("open files limit is below what max_connections implies", "limit", lim.Cur, "needed", need,
 			"hint", "raise LimitNOFILE= in the systemd unit, or ulimit -n")
 	}
