@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -209,6 +210,13 @@ func TestReloadNewPortInUseChangesNothing(t *testing.T) {
 	}
 	if got := readLine(t, dialProxy(t, port)); got != "old" {
 		t.Fatalf("after a failed reload the port serves %q, want the old config", got)
+	}
+	var listed []string
+	for _, l := range srv.listenerStats() {
+		listed = append(listed, l.Listen)
+	}
+	if want := []string{fmt.Sprintf("127.0.0.1:%d", port)}; !slices.Equal(listed, want) {
+		t.Errorf("/status listeners after a failed reload = %q, want %q (the port it could not bind is not one)", listed, want)
 	}
 }
 

@@ -352,8 +352,7 @@ func (s *proxyServer) startRoute(addr string, t *routeTable, old *listenRoute, b
 	}
 	st := s.unrouted[addr]
 	if st == nil {
-		st = &unroutedStats{}
-		s.unrouted[addr] = st
+		st = &unroutedStats{} // listed once the route is committed
 	}
 	return startRoute(addr, t, st, s.conns, s.log, listen)
 }
@@ -392,6 +391,7 @@ func (s *proxyServer) commitRoutes(want, tables map[string]*routeTable, opened m
 			sum.opened = append(sum.opened, addr)
 		}
 		s.routes[addr] = r
+		s.unrouted[addr] = r.unrouted
 	}
 	for addr, r := range s.routes {
 		r.alias = tables[addr] == nil

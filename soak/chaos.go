@@ -27,8 +27,11 @@ type chaos struct {
 	base     proxyConfig
 	sets     [2][]int      // stable backends of each target set
 	stop     chan struct{} // closed to end the chaos, before the traffic ends
+	// edges adds listen changes and failing reloads (reloadLoop).
+	edges    bool
+	heldPort int // a port the soak listens on, for failing reloads
 
-	kills, resets, reloads, toggles atomic.Int64
+	kills, resets, reloads, toggles, failedReloads atomic.Int64
 
 	mu   sync.Mutex
 	errs []string // chaos that could not be carried out
@@ -101,12 +104,21 @@ func (c *chaos) killLoop() {
 }
 
 // reloadLoop rewrites the config with the other target set and sends
-// SIGHUP, every reloadEvery.
+// SIGHUP, every reloadEvery. With edges, each successful reload also
+// moves app soak's listen host on to the next of listenHosts, and every
+// third reload is one that must fail (failingReload).
 func (c *chaos) reloadLoop() {
+	applied := 0 // successful reloads: they alternate the target sets
 	for n := 1; c.wait(c.plan.reloadEvery); n++ {
-		members := c.sets[n%2]
-		cfg := c.base
-		cfg.targets = c.targets(members)
+		if c.edges && n%3 == 2 {
+			if !c.failingReload(applied + 1) {
+				return
+			}
+			continue
+		}
+		applied++
+		cfg := c.configFor(applied)
+		members := c.sets[applied%2]
 		var ts *targetSet
 		at, err := c.proxy.reload(cfg, func(sent time.Time) { ts = c.run.world.sending(members, sent) })
 		if err != nil {
@@ -115,8 +127,57 @@ func (c *chaos) reloadLoop() {
 		}
 		c.run.world.applied(ts, at)
 		c.reloads.Add(1)
-		c.run.event("reloaded: targets %v", cfg.targets)
+		c.run.event("reloaded: targets %v, soak listen %q", cfg.targets, cfg.listen)
 	}
+}
+
+// listenHosts are the listen hosts app soak goes through with edges, one
+// step a successful reload: 127.0.0.1, unset (every interface),
+// localhost, and round again. Its clients dial 127.0.0.1 throughout and
+// must never be refused or reset.
+var listenHosts = [...]string{"127.0.0.1", "", "localhost"}
+
+// configFor is the config of the k-th successful reload (0: the first
+// config).
+func (c *chaos) configFor(k int) proxyConfig {
+	cfg := c.base
+	cfg.targets = c.targets(c.sets[k%2])
+	if c.edges {
+		cfg.listen = listenHosts[k%len(listenHosts)]
+	}
+	return cfg
+}
+
+// failingReload writes what would be the next reload's config, with a
+// port the soak holds added to app soak-pp, and signals SIGHUP: the
+// proxy cannot bind that port, so the reload must fail and leave
+// everything as it was. The world is not told of the config's target
+// set: a connection that reaches it is misrouted. It reports whether the
+// loop may go on.
+func (c *chaos) failingReload(next int) bool {
+	before, err := c.proxy.listening()
+	if err != nil {
+		c.fail("failing reload: %v", err)
+		return false
+	}
+	cfg := c.configFor(next)
+	cfg.heldPort = c.heldPort
+	if err := c.proxy.reloadFailing(cfg); err != nil {
+		c.fail("%v", err)
+		return false
+	}
+	after, err := c.proxy.listening()
+	if err != nil {
+		c.fail("after a failed reload: %v", err)
+		return false
+	}
+	if after != before {
+		c.fail("a failed reload changed the listeners: before %s; after %s", before, after)
+		return false
+	}
+	c.failedReloads.Add(1)
+	c.run.event("failed reload as expected (held port %d, soak listen %q, targets %v)", c.heldPort, cfg.listen, cfg.targets)
+	return true
 }
 
 // targets is the config's target list for a set: its stable backends

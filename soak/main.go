@@ -11,6 +11,12 @@
 // header on to the backend), and a port whose clients send a PROXY
 // header as a load balancer would (entry.go); each backend checks that
 // what came before the data is what that entry must deliver.
+// With -edges (on by default) every successful reload also moves the
+// plain app's listen host (127.0.0.1, unset, localhost) under its
+// clients, every third reload adds a port the soak holds and must fail
+// without changing a listener or a target, and slow readers pull 3 MiB
+// responses through an app with idle_timeout: 2s at about 300 KiB/s,
+// each of which must arrive whole (slowread.go).
 // Every connection that ends early is classified (cut with its backend,
 // a proxy failure, or no healthy target); the proxy's goroutines,
 // descriptors and RSS are sampled and must come back to their baseline.
@@ -18,7 +24,7 @@
 //
 // Usage:
 //
-//	go build -o /tmp/x/tcpproxy . && go run ./soak -proxy /tmp/x/tcpproxy [-duration 10m] [-conns 2000] [-churn 200] [-seed N] [-json] [-v]
+//	go build -o /tmp/x/tcpproxy . && go run ./soak -proxy /tmp/x/tcpproxy [-duration 10m] [-conns 2000] [-churn 200] [-seed N] [-edges=false] [-json] [-v]
 //
 // or scripts/soak.sh, which builds the proxy first.
 package main
@@ -48,6 +54,7 @@ func mainStatus(args []string, stdout, stderr io.Writer) int {
 	seed := fs.Uint64("seed", 0, "seed of the data, the schedule of the chaos and the ports (0: from the clock)")
 	asJSON := fs.Bool("json", false, "print the summary as JSON too")
 	fs.BoolVar(&cfg.verbose, "v", false, "print every chaos event")
+	fs.BoolVar(&cfg.edges, "edges", cfg.edges, "also reload with listen changes and with a port the soak holds (the reload must fail, changing nothing), and drive slow readers under idle_timeout")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return 0

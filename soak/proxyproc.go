@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,21 +28,45 @@ type proxyConfig struct {
 	dialTimeout     time.Duration
 	failTimeout     time.Duration
 	shutdownTimeout time.Duration
+
+	// listen is app soak's listen host; "" leaves the key unset (every
+	// interface). The other apps listen on 127.0.0.1.
+	listen string
+	// heldPort, when not 0, is a port the soak holds itself, added to
+	// soak-pp: the proxy cannot bind it and the reload must fail.
+	heldPort int
+	// bulkPort is soak-bulk's port (0: no such app): one target,
+	// bulkTarget, that streams to slow readers under idleTimeout.
+	bulkPort    int
+	bulkTarget  string
+	idleTimeout time.Duration
 }
 
 func (c proxyConfig) yaml() []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# written by the soak test\nadmin: %s\nshutdown_timeout: %s\n", c.admin, c.shutdownTimeout)
-	fmt.Fprintf(&b, "defaults:\n  listen: 127.0.0.1\n  dial_timeout: %s\n  fail_timeout: %s\n", c.dialTimeout, c.failTimeout)
+	fmt.Fprintf(&b, "defaults:\n  dial_timeout: %s\n  fail_timeout: %s\n", c.dialTimeout, c.failTimeout)
 	ports := make([]string, len(c.ports))
 	for i, p := range c.ports {
 		ports[i] = strconv.Itoa(p)
 	}
+	const loopback = "listen: 127.0.0.1"
 	b.WriteString("apps:\n")
-	c.app(&b, "soak", strings.Join(ports, ", "), "")
-	c.app(&b, "soak-sni-a", strconv.Itoa(c.sniPort), "sni: ["+sniNameA+"]")
-	c.app(&b, "soak-sni-b", strconv.Itoa(c.sniPort), "sni: ["+sniNameB+"]\n    proxy_protocol: 1")
-	c.app(&b, "soak-pp", strconv.Itoa(c.ppPort), "accept_proxy_protocol: true\n    proxy_protocol_from: [127.0.0.1]\n    proxy_protocol: 1")
+	soakListen := ""
+	if c.listen != "" {
+		soakListen = "listen: " + c.listen
+	}
+	c.app(&b, "soak", strings.Join(ports, ", "), soakListen)
+	c.app(&b, "soak-sni-a", strconv.Itoa(c.sniPort), loopback+"\n    sni: ["+sniNameA+"]")
+	c.app(&b, "soak-sni-b", strconv.Itoa(c.sniPort), loopback+"\n    sni: ["+sniNameB+"]\n    proxy_protocol: 1")
+	ppPorts := strconv.Itoa(c.ppPort)
+	if c.heldPort != 0 {
+		ppPorts += ", " + strconv.Itoa(c.heldPort)
+	}
+	c.app(&b, "soak-pp", ppPorts, loopback+"\n    accept_proxy_protocol: true\n    proxy_protocol_from: [127.0.0.1]\n    proxy_protocol: 1")
+	if c.bulkPort != 0 {
+		fmt.Fprintf(&b, "  - name: soak-bulk\n    ports: [%d]\n    %s\n    idle_timeout: %s\n    targets: [%q]\n", c.bulkPort, loopback, c.idleTimeout, c.bulkTarget)
+	}
 	return b.Bytes()
 }
 
@@ -200,6 +226,73 @@ func (p *proxyProc) reload(cfg proxyConfig, sent func(time.Time)) (time.Time, er
 		}
 	}
 	return time.Time{}, errors.New("reload: the proxy's successful reload count did not move within 5s")
+}
+
+const reloadsFailed = `tcpproxy_config_reloads_total{result="failure"}`
+
+// reloadFailing writes cfg, which the proxy must refuse, and signals
+// SIGHUP, then waits until the proxy's count of failed reloads moves.
+// It is an error if its count of successful ones moved instead.
+func (p *proxyProc) reloadFailing(cfg proxyConfig) error {
+	m, err := p.metrics()
+	if err != nil {
+		return fmt.Errorf("failing reload: %w", err)
+	}
+	okBefore, failedBefore := m[reloadsOK], m[reloadsFailed]
+	if err := p.writeConfig(cfg); err != nil {
+		return err
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		return fmt.Errorf("failing reload: SIGHUP: %w", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		m, err := p.metrics()
+		if err != nil {
+			continue
+		}
+		if m[reloadsOK] > okBefore {
+			return errors.New("failing reload: the proxy counted a reload that must fail as a success")
+		}
+		if m[reloadsFailed] > failedBefore {
+			return nil
+		}
+	}
+	return errors.New("failing reload: the proxy's failed reload count did not move within 5s")
+}
+
+// listening returns what the proxy says it listens on, from /status:
+// each app's listen host and ports, and every listen address, as one
+// comparable string.
+func (p *proxyProc) listening() (string, error) {
+	code, body, err := p.get("/status")
+	if err != nil {
+		return "", err
+	}
+	if code != http.StatusOK {
+		return "", fmt.Errorf("admin /status: status %d", code)
+	}
+	var st struct {
+		Apps []struct {
+			Name   string `json:"name"`
+			Listen string `json:"listen"`
+			Ports  []int  `json:"ports"`
+		} `json:"apps"`
+		Listeners []struct {
+			Listen string `json:"listen"`
+		} `json:"listeners"`
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return "", fmt.Errorf("admin /status: %w", err)
+	}
+	var out []string
+	for _, a := range st.Apps {
+		out = append(out, fmt.Sprintf("%s@%s%v", a.Name, a.Listen, a.Ports))
+	}
+	for _, l := range st.Listeners {
+		out = append(out, l.Listen)
+	}
+	sort.Strings(out)
+	return strings.Join(out, " "), nil
 }
 
 // stop sends SIGTERM and waits up to timeout for the exit. It returns

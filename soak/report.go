@@ -35,6 +35,16 @@ type summary struct {
 	Reloads int64 `json:"reloads"`
 	Toggles int64 `json:"toggles"`
 
+	// Edges is the mode that adds listen changes, failing reloads and
+	// slow readers (soak -edges).
+	Edges         bool     `json:"edges"`
+	FailedReloads int64    `json:"failed_reloads"`
+	SlowMade      int64    `json:"slow_readers"`
+	SlowOK        int64    `json:"slow_readers_complete"`
+	SlowStarved   int64    `json:"slow_readers_starved"`
+	SlowBytes     int64    `json:"slow_reader_bytes_verified"`
+	SlowFailures  []string `json:"slow_reader_failures,omitempty"`
+
 	Counts           classCounts      `json:"classes"`
 	ProxyCauses      map[string]int64 `json:"proxy_failure_causes"`
 	LateCauses       map[string]int64 `json:"late_cut_causes"`
@@ -110,6 +120,7 @@ func (s *summary) judge(conns int) {
 	for k, n := range s.Entries {
 		fail(n == 0 && s.LongSessions+s.ShortMade > 0, "no connection went in through the %v entry", entryKind(k))
 	}
+	s.judgeEdges(fail)
 	for _, e := range s.ChaosErrors {
 		fail(true, "chaos: %s", e)
 	}
@@ -130,6 +141,24 @@ func (s *summary) judge(conns int) {
 	}
 }
 
+// judgeEdges fails a run with edges in which a slow reader lost data,
+// or no slow reader finished, or no reload was made to fail.
+func (s *summary) judgeEdges(fail func(bool, string, ...any)) {
+	if !s.Edges {
+		return
+	}
+	fail(len(s.SlowFailures) > 0, "%d slow readers under idle_timeout did not get their whole response (first: %s)", len(s.SlowFailures), first(s.SlowFailures))
+	fail(s.SlowOK == 0, "no slow reader finished its response")
+	fail(s.Reloads > 1 && s.FailedReloads == 0, "no failing reload was tried")
+}
+
+func first(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
+}
+
 func mib(kib int64) float64 { return float64(kib) / 1024 }
 
 // markdown writes the summary table, then the reasons for a FAIL and the
@@ -147,6 +176,9 @@ func (s *summary) markdown(w io.Writer) {
 	row("connections by entry: plain / SNI-routed a, b / PROXY header", "%d / %d, %d / %d", s.Entries[entryPlain], s.Entries[entrySNIA], s.Entries[entrySNIB], s.Entries[entryProxy])
 	row("bytes verified client→backend / backend→client", "%.1f MiB / %.1f MiB", float64(s.BytesUp)/(1<<20), float64(s.BytesDown)/(1<<20))
 	row("backend kills (with reset) / reloads / toggles", "%d (%d) / %d / %d", s.Kills, s.Resets, s.Reloads, s.Toggles)
+	if s.Edges {
+		row("edges: failed reloads (held port) / slow readers complete, starved, failed", "%d / %d of %d, %d, %d (%.1f MiB verified)", s.FailedReloads, s.SlowOK, s.SlowMade, s.SlowStarved, len(s.SlowFailures), float64(s.SlowBytes)/(1<<20))
+	}
 	row("(a) cut with their backend: long / short / before hello", "%d / %d / %d%s", c.CutLong, c.CutShort, c.CutBeforeHello, causes(s.CutCauses))
 	row("(a) slowest to notice the kill / late", "%v / %d (limit %v)%s", s.MaxCutLatency.Round(time.Millisecond), c.SlowCuts, s.CutLimit, causes(s.LateCauses))
 	row("(b) failures while a target was healthy", "%d%s", c.ProxyFailures, causes(s.ProxyCauses))

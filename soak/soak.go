@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -37,7 +39,11 @@ type config struct {
 	settle      time.Duration // how long the proxy may take to return to its baseline at the end
 	progress    time.Duration // interval of progress lines; 0 for none
 	verbose     bool          // print every chaos event
-	out         io.Writer     // progress and failures as they happen
+	// edges: reloads that change app soak's listen host and reloads that
+	// must fail on a held port, and slow readers under idle_timeout.
+	edges bool
+	slow  slowPlan  // the slow readers, with edges
+	out   io.Writer // progress and failures as they happen
 }
 
 // defaultConfig is the soak the flags start from: ten minutes, 2000
@@ -68,7 +74,11 @@ func defaultConfig() config {
 		sampleEvery: 2 * time.Second,
 		settle:      10 * time.Second,
 		progress:    10 * time.Second,
-		out:         os.Stderr,
+		edges:       true,
+		// 4 readers taking 4 KiB every 13 ms (about 300 KiB/s) through
+		// an 8 KiB receive buffer: 3 MiB lasts about 10 s.
+		slow: slowPlan{readers: 4, size: 3 << 20, chunk: 4 << 10, pause: 13 * time.Millisecond, rcvbuf: 8 << 10},
+		out:  os.Stderr,
 	}
 }
 
@@ -113,6 +123,9 @@ type soak struct {
 	long    *longConns
 	churn   *churn
 	sampler *sampler
+	held    net.Listener // the port failing reloads add, with edges
+	bulk    *bulkBackend // soak-bulk's target, with edges
+	slow    *slowReaders
 }
 
 // run runs the soak and returns its summary. An error means the soak
@@ -209,7 +222,7 @@ func (s *soak) run() (*summary, error) {
 func (s *soak) setUp(start time.Time) error {
 	cfg := &s.cfg
 	r := splitmix(cfg.seed)
-	ports, err := listenPorts(6+stableBackends, &r)
+	ports, err := listenPorts(9+stableBackends, &r)
 	if err != nil {
 		return err
 	}
@@ -249,8 +262,12 @@ func (s *soak) setUp(start time.Time) error {
 		failTimeout:     time.Second,
 		shutdownTimeout: 5 * time.Second,
 	}
-	first := s.chaos.base
-	first.targets = s.chaos.targets(targetSets[0])
+	if cfg.edges {
+		if err := s.setUpEdges(ports[6+stableBackends:], &r); err != nil {
+			return err
+		}
+	}
+	first := s.chaos.configFor(0)
 	if s.proxy, err = startProxy(cfg.proxyBin, s.dir, first); err != nil {
 		return err
 	}
@@ -260,6 +277,24 @@ func (s *soak) setUp(start time.Time) error {
 	s.churn = &churn{run: env, rate: cfg.churn, maxInFlight: int64(max(2*cfg.churn, 50))}
 	fmt.Fprintf(cfg.out, "soak: seed %d, proxy pid %d, log %s; %d long-lived connections, %d short/s, %v\n",
 		cfg.seed, s.proxy.pid(), s.proxy.logPath, cfg.conns, cfg.churn, cfg.duration)
+	return nil
+}
+
+// setUpEdges holds the port failing reloads add, and starts soak-bulk's
+// backend and its slow readers' state, on three free ports: the proxy's
+// soak-bulk port, the held one, the backend's.
+func (s *soak) setUpEdges(ports []int, r *splitmix) error {
+	var err error
+	if s.held, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", ports[1])); err != nil {
+		return fmt.Errorf("hold a port for failing reloads: %w", err)
+	}
+	if s.bulk, err = startBulkBackend(fmt.Sprintf("127.0.0.1:%d", ports[2]), s.cfg.slow.size); err != nil {
+		return err
+	}
+	c := s.chaos
+	c.edges, c.heldPort = true, ports[1]
+	c.base.bulkPort, c.base.bulkTarget, c.base.idleTimeout = ports[0], s.bulk.addr(), slowIdleTimeout
+	s.slow = &slowReaders{run: s.env, addr: fmt.Sprintf("127.0.0.1:%d", ports[0]), plan: s.cfg.slow, seed: splitmix(r.next())}
 	return nil
 }
 
@@ -285,11 +320,11 @@ func (s *soak) warmUp(sum *summary) {
 // stopped early, if it did.
 func (s *soak) steady() string {
 	waitChaos := s.chaos.start()
-	churnDone := make(chan struct{})
-	go func() {
-		defer close(churnDone)
-		s.churn.loop()
-	}()
+	var traffic sync.WaitGroup
+	traffic.Go(s.churn.loop)
+	if s.slow != nil {
+		traffic.Go(s.slow.loop)
+	}
 	aborted := s.wait(s.cfg.duration)
 	close(s.chaos.stop)
 	waitChaos()
@@ -297,7 +332,7 @@ func (s *soak) steady() string {
 		aborted = s.wait(s.cfg.hangLimit + time.Second)
 	}
 	close(s.env.stop)
-	<-churnDone
+	traffic.Wait()
 	s.long.stop()
 	return aborted
 }
@@ -327,6 +362,12 @@ func (s *soak) tally(sum *summary) {
 	ch := s.chaos
 	sum.Kills, sum.Resets, sum.Reloads, sum.Toggles = ch.kills.Load(), ch.resets.Load(), ch.reloads.Load(), ch.toggles.Load()
 	sum.ChaosErrors = ch.failures()
+	sum.FailedReloads = ch.failedReloads.Load()
+	if sl := s.slow; sl != nil {
+		sum.Edges = true
+		sum.SlowMade, sum.SlowOK, sum.SlowStarved, sum.SlowBytes = sl.made.Load(), sl.ok.Load(), sl.starved.Load(), sl.bytes.Load()
+		sum.SlowFailures = sl.failures()
+	}
 	lr := s.env.ledger.report()
 	sum.Counts, sum.ProxyCauses, sum.LateCauses, sum.CutCauses = lr.counts, lr.proxyCauses, lr.lateCauses, lr.cutCauses
 	sum.MaxCutLatency, sum.Details = lr.maxCutLatency, lr.details
@@ -409,6 +450,12 @@ func (s *soak) cleanup() {
 	}
 	if s.toggler != nil {
 		s.toggler.refuse()
+	}
+	if s.held != nil {
+		s.held.Close()
+	}
+	if s.bulk != nil {
+		s.bulk.close()
 	}
 }
 

@@ -13,8 +13,9 @@ import (
 
 // TestSoakShort runs the whole soak in process against the built proxy,
 // small: 50 long-lived connections, 40 short ones a second, 6 seconds of
-// chaos with at least one kill, one reload and one toggle (then the
-// cool-down), and requires PASS.
+// chaos with at least one kill, one reload, one toggle, one reload that
+// must fail and one slow reader's whole response (then the cool-down),
+// and requires PASS.
 func TestSoakShort(t *testing.T) {
 	bin := buildProxy(t)
 	cfg := defaultConfig()
@@ -26,9 +27,10 @@ func TestSoakShort(t *testing.T) {
 	cfg.plan = chaosPlan{
 		killGap:     [2]time.Duration{1500 * time.Millisecond, 2500 * time.Millisecond},
 		downFor:     [2]time.Duration{time.Second, 1500 * time.Millisecond},
-		reloadEvery: 3 * time.Second,
+		reloadEvery: 2 * time.Second, // the second reload is one that must fail
 		toggleEvery: 2500 * time.Millisecond,
 	}
+	cfg.slow.size = 512 << 10 // about 1.7 s at the slow readers' pace
 	cfg.ramp = 500 * time.Millisecond
 	cfg.sampleEvery = 200 * time.Millisecond
 	cfg.progress = 0
@@ -47,6 +49,9 @@ func TestSoakShort(t *testing.T) {
 	}
 	if sum.Kills < 1 || sum.Reloads < 1 || sum.Toggles < 1 {
 		t.Errorf("chaos: %d kills, %d reloads, %d toggles; want at least one of each", sum.Kills, sum.Reloads, sum.Toggles)
+	}
+	if sum.FailedReloads < 1 || sum.SlowOK < 1 {
+		t.Errorf("edges: %d failed reloads, %d slow readers complete; want at least one of each", sum.FailedReloads, sum.SlowOK)
 	}
 	if sum.LongPeak != int64(cfg.conns) || sum.ShortOK == 0 || sum.BytesUp == 0 || sum.BytesDown == 0 {
 		t.Errorf("traffic: peak %d long-lived, %d short verified, %d/%d bytes verified", sum.LongPeak, sum.ShortOK, sum.BytesUp, sum.BytesDown)
