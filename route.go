@@ -96,6 +96,13 @@ type listenRoute struct {
 	// proxyServer.withAliases); it routes with that address's table.
 	// Guarded by proxyServer.mu.
 	alias bool
+	// from is the route whose socket this one took over (a duplicate of
+	// its descriptor), until the reload commits. Then from closes at
+	// once instead of retiring: its socket lives on here, so nothing in
+	// its queue is lost, and its accept loop would otherwise go on taking
+	// new connections with the old config's table. Guarded by
+	// proxyServer.mu.
+	from *listenRoute
 
 	retireMu sync.Mutex
 	retiring bool // retire was called and the route has not closed yet

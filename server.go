@@ -220,6 +220,9 @@ func (s *proxyServer) openRoutes(want map[string]*routeTable) (map[string]*liste
 			old = s.sameSocket(addr, want)
 		}
 		r, err := s.startRoute(addr, t, old, false)
+		if err == nil {
+			r.from = old
+		}
 		if err != nil && old == nil && errors.Is(err, syscall.EADDRINUSE) && s.shareConflicting(addr) {
 			r, err = s.startRoute(addr, t, nil, true)
 		}
@@ -390,6 +393,10 @@ func (s *proxyServer) commitRoutes(want, tables map[string]*routeTable, opened m
 		} else if tables[addr] != nil {
 			sum.opened = append(sum.opened, addr)
 		}
+		if r.from != nil && r.from != s.routes[addr] {
+			r.from.closeNow() // retired above; see listenRoute.from
+		}
+		r.from = nil
 		s.routes[addr] = r
 		s.unrouted[addr] = r.unrouted
 	}
