@@ -20,28 +20,25 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/michaeldbianchi/tcpproxy/internal/balance"
+	"github.com/michaeldbianchi/tcpproxy/internal/health"
 	"github.com/michaeldbianchi/tcpproxy/internal/names"
 )
 
-// Defaults for keys an operator leaves out. They follow nginx's stream
-// module where it has the same knob (max_fails=1, fail_timeout=10s).
+// Defaults for keys an operator leaves out that this package owns. Each
+// default owned by the package that implements the behaviour is that
+// package's constant: max_fails and fail_timeout are
+// health.DefaultMaxFails and health.DefaultFailTimeout, health_check's
+// keys health.DefaultInterval, DefaultTimeout, DefaultRise and
+// DefaultFall (at least health.MinInterval and MinTimeout), balance is
+// balance.Random, a weight at most balance.MaxWeight, and keepalive's
+// zero relay.DefaultKeepAlivePeriod. README's table of keys is checked
+// against them (TestREADMEDefaults).
 const (
 	defaultDialTimeout     = 3 * time.Second
 	defaultShutdownTimeout = 10 * time.Second
-	defaultMaxFails        = 1
-	defaultFailTimeout     = 10 * time.Second
-	defaultCheckInterval   = 5 * time.Second
-	defaultCheckTimeout    = time.Second
-	// minCheckInterval and minCheckTimeout are the shortest
-	// health_check.interval and health_check.timeout accepted.
-	minCheckInterval = 100 * time.Millisecond
-	minCheckTimeout  = 10 * time.Millisecond
-	defaultCheckRise = 2
-	defaultCheckFall = 3
-	defaultHalfClose = time.Minute
+	defaultHalfClose       = time.Minute
 	// defaultPrereadTimeout is nginx's preread_timeout default.
 	defaultPrereadTimeout = 5 * time.Second
-	maxWeight             = 1000
 )
 
 // config is a loaded and validated configuration file.
@@ -594,8 +591,8 @@ func (v *validator) validate(f *fileConfig) *config {
 			t := targetConfig{Address: tf.Address, Weight: 1, Backup: tf.Backup}
 			if tf.Weight != nil {
 				t.Weight = *tf.Weight
-				if t.Weight < 0 || t.Weight > maxWeight {
-					v.errorf(at("targets", j, "weight"), "%s: target %q: weight %d outside 0..%d", label, tf.Address, t.Weight, maxWeight)
+				if t.Weight < 0 || t.Weight > balance.MaxWeight {
+					v.errorf(at("targets", j, "weight"), "%s: target %q: weight %d outside 0..%d", label, tf.Address, t.Weight, balance.MaxWeight)
 				}
 			}
 			app.Targets = append(app.Targets, t)
@@ -691,8 +688,8 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 		PrereadTimeout:   defaultPrereadTimeout,
 		DialTimeout:      defaultDialTimeout,
 		Balance:          balance.Random,
-		MaxFails:         defaultMaxFails,
-		FailTimeout:      defaultFailTimeout,
+		MaxFails:         health.DefaultMaxFails,
+		FailTimeout:      health.DefaultFailTimeout,
 	}
 	if o, n, ok := pick("listen", func(o *appOptions) bool { return o.Listen != nil }); ok {
 		host, err := parseListenHost(*o.Listen)
@@ -818,21 +815,21 @@ func seqItem(n *yaml.Node, i int) *yaml.Node {
 }
 
 // healthCheck resolves an app's health_check mapping. An interval under
-// minCheckInterval or a timeout under minCheckTimeout would burn CPU
+// health.MinInterval or a timeout under health.MinTimeout would burn CPU
 // and mark live targets down, and a timeout longer than the interval
 // makes no sense, so they are errors; a timeout left out is the default
 // or the interval, whichever is shorter.
 func (v *validator) healthCheck(f *healthCheckFile, n *yaml.Node, label string) *healthCheckConfig {
-	hc := &healthCheckConfig{Interval: defaultCheckInterval, Timeout: defaultCheckTimeout, Rise: defaultCheckRise, Fall: defaultCheckFall}
+	hc := &healthCheckConfig{Interval: health.DefaultInterval, Timeout: health.DefaultTimeout, Rise: health.DefaultRise, Fall: health.DefaultFall}
 	key := func(k string) *yaml.Node { return keyNode(n, k) }
 	if f.Interval != nil {
 		hc.Interval = v.durationAt(key("interval"), *f.Interval, label+": health_check.interval", true)
-		v.atLeast(key("interval"), hc.Interval, minCheckInterval, label+": health_check.interval")
+		v.atLeast(key("interval"), hc.Interval, health.MinInterval, label+": health_check.interval")
 	}
 	hc.Timeout = min(hc.Timeout, hc.Interval)
 	if f.Timeout != nil {
 		hc.Timeout = v.durationAt(key("timeout"), *f.Timeout, label+": health_check.timeout", true)
-		v.atLeast(key("timeout"), hc.Timeout, minCheckTimeout, label+": health_check.timeout")
+		v.atLeast(key("timeout"), hc.Timeout, health.MinTimeout, label+": health_check.timeout")
 		if hc.Timeout > hc.Interval && hc.Interval > 0 {
 			v.errorf(key("timeout"), "%s: health_check.timeout: %v is longer than health_check.interval (%v)", label, hc.Timeout, hc.Interval)
 		}

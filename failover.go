@@ -360,9 +360,7 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 				return nil // out of descriptors here: not the target's failure
 			}
 			ts.failures.Add(1)
-			if ft.app.MaxFails > 0 { // max_fails: 0 turns failure accounting off, as in nginx
-				ts.health.Failure(now, err)
-			}
+			ts.health.Failure(now, err) // nothing with max_fails: 0 (passive health off)
 			return nil
 		}
 		ts.health.Success()

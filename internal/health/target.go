@@ -156,8 +156,12 @@ func (t *Target) Success() {
 // Failure reports that a dial allowed by Acquire failed with err. MaxFails
 // consecutive failures mark t down for FailTimeout. On a target that is
 // already down, any failure (normally the trial's) restarts the fail
-// timeout and releases the trial slot.
+// timeout and releases the trial slot. With MaxFails zero (passive
+// health off) it does nothing.
 func (t *Target) Failure(now time.Time, err error) {
+	if t.maxFails.Load() <= 0 {
+		return // passive health off
+	}
 	n := now.UnixNano()
 	t.lastErr.Store(&failure{err: err, at: n})
 	count := t.fails.Add(1)
