@@ -154,12 +154,18 @@ func (s *syncBuffer) String() string {
 // startProxy loads yamlText and runs it in-process until the test ends.
 func startProxy(t testing.TB, yamlText string) (*proxyServer, *syncBuffer) {
 	t.Helper()
+	return startProxyEnv(t, yamlText, prodEnv(listenFunc(false, nil)))
+}
+
+// startProxyEnv is startProxy in env.
+func startProxyEnv(t testing.TB, yamlText string, env serverEnv) (*proxyServer, *syncBuffer) {
+	t.Helper()
 	cfg, err := parseConfig("test.yaml", []byte(yamlText))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yamlText)
 	}
 	log, buf := testLogger()
-	srv, err := startProxyServer(cfg, log, listenFunc(false, nil))
+	srv, err := startProxyServer(cfg, log, env)
 	if err != nil {
 		t.Fatal(err)
 	}

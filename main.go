@@ -262,7 +262,7 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay, pprofLn: pprofLn}
 	d.adminToken.Store(&cfg.AdminToken)
 	d.certs = certs
-	if d.srv, err = startProxyServer(cfg, log, listenFunc(cfg.ReusePort, inherited.Listener)); err != nil {
+	if d.srv, err = startProxyServer(cfg, log, prodEnv(listenFunc(cfg.ReusePort, inherited.Listener))); err != nil {
 		log.Error("cannot start", "err", explainNoFile(cfg, err))
 		return 1
 	}

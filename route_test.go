@@ -257,7 +257,7 @@ func TestProxyPortInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	log, _ := testLogger()
-	_, err = startProxyServer(cfg, log, listenFunc(false, nil))
+	_, err = startProxyServer(cfg, log, prodEnv(listenFunc(false, nil)))
 	want := fmt.Sprintf(`app "web": listen on 127.0.0.1:%d: bind: address already in use`, takenPort)
 	if err == nil || err.Error() != want {
 		t.Fatalf("start error = %v, want %q", err, want)
