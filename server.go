@@ -50,7 +50,6 @@ type proxyServer struct {
 	checks   map[string]*checker        // active health checks, by app name
 	current  atomic.Pointer[[]*failoverTarget]
 	ready    atomic.Bool // every listener open, not draining
-	reloads  reloadStats
 }
 
 // checker is a running set of active health checks for one app.
@@ -59,12 +58,6 @@ type checker struct {
 	targets []*health.Target
 	cancel  context.CancelFunc
 	wait    func()
-}
-
-// reloadStats counts config loads after the first.
-type reloadStats struct {
-	success, failure atomic.Int64
-	lastSuccess      atomic.Int64 // unix nanos
 }
 
 // serverEnv is what a proxyServer takes from the process around it,
@@ -474,7 +467,8 @@ func (s *proxyServer) startChecks(ft *failoverTarget, hc *healthCheckConfig) *ch
 	}
 }
 
-// snapshot returns the state of every app for metrics and status.
+// snapshot returns the state of every app and listener for metrics and
+// status; the reload counts are the daemon's (daemon.snapshot).
 func (s *proxyServer) snapshot() stats.Snapshot {
 	gen := *s.current.Load()
 	snap := stats.Snapshot{Apps: make([]stats.App, len(gen))}
@@ -483,10 +477,6 @@ func (s *proxyServer) snapshot() stats.Snapshot {
 	}
 	snap.Apps = append(snap.Apps, s.removedDraining()...)
 	snap.Listeners = s.listenerStats()
-	snap.Reloads = stats.Reloads{Success: s.reloads.success.Load(), Failure: s.reloads.failure.Load()}
-	if t := s.reloads.lastSuccess.Load(); t != 0 {
-		snap.Reloads.LastSuccess = time.Unix(0, t)
-	}
 	return snap
 }
 

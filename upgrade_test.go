@@ -9,13 +9,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/upgrade"
 )
 
 // TestBinaryUpgrade upgrades the running binary while clients connect
@@ -126,12 +127,9 @@ func TestBinaryUpgrade(t *testing.T) {
 	})
 }
 
+// readPIDFile returns the PID in path, or 0.
 func readPIDFile(path string) int {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	pid, _ := upgrade.ReadPIDFile(path)
 	return pid
 }
 

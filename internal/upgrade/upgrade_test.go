@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,11 +198,7 @@ func assertGone(t *testing.T, pid int) {
 
 func readPID(t *testing.T, path string) int {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	pid, err := ReadPIDFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
