@@ -45,7 +45,6 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		return 1
 	}
 	logConfig(log, cfg)
-
 	if opts.demo {
 		stopDemo, err := startDemoBackends(cfg, log)
 		if err != nil {
@@ -54,102 +53,146 @@ func serve(opts *options, cfg *config, log *slog.Logger) int {
 		}
 		defer stopDemo()
 	}
-
-	// Subscribe before listening so that a signal sent as soon as the
-	// ports accept is not lost.
+	// Subscribe and watch before listening, so that a signal sent or a
+	// change made as soon as the ports accept is not lost.
 	sigc := make(chan os.Signal, 4)
 	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sigc)
+	w := startWatches(opts, cfg, log)
+	defer w.Close()
 
-	// Watch before listening, so that a change made as soon as the ports
-	// accept is not missed.
-	var (
-		changes <-chan struct{}
-		watcher *fileWatcher
-	)
-	if opts.watch {
-		if watcher, err = watchFile(opts.configPath, log); err != nil {
-			log.Error("cannot watch the config file", "err", err)
-		} else {
-			defer watcher.Close()
-			changes = watcher.changes
-		}
-	}
-	var certs *certWatcher
-	if opts.watch {
-		certs = watchCerts(cfg, log)
-		defer certs.Close()
-	}
-
-	if err := checkNoFileLimit(cfg, log, inherited.HasParent()); err != nil {
+	d, err := startDaemon(opts, cfg, log, inherited)
+	if err != nil {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
-	var pprofLn net.Listener
+	d.certs = w.certs
+	d.announce(inherited)
+	d.stop(d.loop(sigc, w), sigc)
+	return 0
+}
+
+// watches are -watch's: the config file (config is nil without -watch
+// or if the file cannot be watched) and the TLS files it names (certs,
+// nil without -watch).
+type watches struct {
+	config *fileWatcher
+	certs  *certWatcher
+}
+
+// startWatches starts -watch's watchers, if opts asks for them.
+func startWatches(opts *options, cfg *config, log *slog.Logger) *watches {
+	w := &watches{}
+	if !opts.watch {
+		return w
+	}
+	var err error
+	if w.config, err = watchFile(opts.configPath, log); err != nil {
+		log.Error("cannot watch the config file", "err", err)
+	}
+	w.certs = watchCerts(cfg, log)
+	return w
+}
+
+// configChanges fires when the config file changed; nil without.
+func (w *watches) configChanges() <-chan struct{} {
+	if w.config == nil {
+		return nil
+	}
+	return w.config.changes
+}
+
+// Close stops the watchers.
+func (w *watches) Close() error {
+	if w.config != nil {
+		w.config.Close()
+	}
+	return w.certs.Close()
+}
+
+// startDaemon checks the descriptor limit, then opens the pprof, proxy
+// and admin sockets (those the previous process handed over, after an
+// upgrade). On error, nothing is left open but the pprof socket, which
+// the exit closes.
+func startDaemon(opts *options, cfg *config, log *slog.Logger, inherited *upgrade.Inherited) (*daemon, error) {
+	if err := checkNoFileLimit(cfg, log, inherited.HasParent()); err != nil {
+		return nil, err
+	}
+	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay}
+	d.adminToken.Store(&cfg.AdminToken)
 	if opts.pprofAddr != "" {
-		if pprofLn, err = servePprof(opts.pprofAddr, inherited.Listener(pprofKey(opts.pprofAddr)), log); err != nil {
-			log.Error("cannot start", "err", err)
-			return 1
+		var err error
+		if d.pprofLn, err = servePprof(opts.pprofAddr, inherited.Listener(pprofKey(opts.pprofAddr)), log); err != nil {
+			return nil, err
 		}
 	}
-	d := &daemon{opts: opts, log: log, startCfg: cfg, shutdownTimeout: cfg.ShutdownTimeout, shutdownDelay: cfg.ShutdownDelay, pprofLn: pprofLn}
-	d.adminToken.Store(&cfg.AdminToken)
-	d.certs = certs
+	var err error
 	if d.srv, err = startProxyServer(cfg, log, prodEnv(listenFunc(cfg.ReusePort, inherited.Listener))); err != nil {
-		log.Error("cannot start", "err", explainNoFile(cfg, err))
-		return 1
+		return nil, explainNoFile(cfg, err)
 	}
 	// The load at start is the first successful one: the status page's
 	// "config loaded" and the last-reload metric start from it.
 	d.reloads.loaded(time.Now())
 	if cfg.Admin != "" {
 		if err := d.startAdmin(inherited); err != nil {
-			log.Error("cannot start", "err", err)
 			d.srv.shutdown(context.Background())
-			return 1
+			return nil, err
 		}
 	}
-	// The PID file and systemd first, the previous process last: it may
-	// exit at once, and then the service must already be this process.
-	if opts.pidFile != "" {
-		if err := upgrade.WritePIDFile(opts.pidFile); err != nil {
-			log.Warn("write pid file", "err", err)
+	return d, nil
+}
+
+// announce tells that this process serves: the PID file and systemd
+// first, the previous process last (it may exit at once, and then the
+// service must already be this process), then the log.
+func (d *daemon) announce(inherited *upgrade.Inherited) {
+	if d.opts.pidFile != "" {
+		if err := upgrade.WritePIDFile(d.opts.pidFile); err != nil {
+			d.log.Warn("write pid file", "err", err)
 		}
 	}
 	d.notifyReady(inherited.HasParent()) // sdnotify.go
 	if err := inherited.Ready(); err != nil {
-		log.Warn("signal readiness to the previous process", "err", err)
+		d.log.Warn("signal readiness to the previous process", "err", err)
 	}
-	log.Info("listening", "version", currentBuild().Version, "pid", os.Getpid(), "upgraded", inherited.HasParent())
+	d.log.Info("listening", "version", currentBuild().Version, "pid", os.Getpid(), "upgraded", inherited.HasParent())
+}
 
-	reason := ""
+// loop reloads and upgrades as signals and watchers ask until a stop
+// signal or a successful upgrade, and returns why it stopped.
+func (d *daemon) loop(sigc <-chan os.Signal, w *watches) (reason string) {
 	for reason == "" {
 		select {
-		case <-changes:
-			d.reloadNotifying(func() { d.reloadFromWatch(watcher) })
+		case <-w.configChanges():
+			d.reloadNotifying(func() { d.reloadFromWatch(w.config) })
 		case <-d.certs.Changes():
 			d.reloadNotifying(d.reload)
 		case sig := <-sigc:
-			switch sig {
-			case syscall.SIGHUP:
-				d.reloadNotifying(d.reload)
-			case syscall.SIGUSR2:
-				upgraded := d.upgrade()
-				if sig, ok := d.pendingStop(sigc); ok {
-					log.Info("stop signal during the upgrade: draining", "signal", sig.String(), "upgraded", upgraded)
-					reason = sig.String()
-				}
-				if upgraded {
-					reason = "upgraded"
-				}
-			default:
-				reason = sig.String()
-			}
+			reason = d.onSignal(sig, sigc)
 		}
 	}
+	return reason
+}
 
-	d.stop(reason, sigc)
-	return 0
+// onSignal acts on sig: SIGHUP reloads, SIGUSR2 upgrades, any other
+// stops. It returns why the process stops, or "" if it serves on.
+func (d *daemon) onSignal(sig os.Signal, sigc <-chan os.Signal) (reason string) {
+	switch sig {
+	case syscall.SIGHUP:
+		d.reloadNotifying(d.reload)
+	case syscall.SIGUSR2:
+		upgraded := d.upgrade()
+		if sig, ok := d.pendingStop(sigc); ok {
+			d.log.Info("stop signal during the upgrade: draining", "signal", sig.String(), "upgraded", upgraded)
+			reason = sig.String()
+		}
+		if upgraded {
+			reason = "upgraded"
+		}
+	default:
+		reason = sig.String()
+	}
+	return reason
 }
 
 // startAdmin serves the admin endpoints, on the socket the previous
