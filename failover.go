@@ -24,6 +24,8 @@ import (
 	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
 
+var _ tcpproxy.Target = (*failoverTarget)(nil)
+
 // failoverTarget is the tcpproxy.Target of one app. For each connection
 // it asks the app's balancer for an order of targets, dials them one by
 // one until one answers, and hands both connections to the library's
@@ -32,8 +34,6 @@ import (
 //
 // A failoverTarget is immutable once built; a config reload builds a new
 // one that shares the old one's counters and target health.
-var _ tcpproxy.Target = (*failoverTarget)(nil)
-
 type failoverTarget struct {
 	app     *appConfig
 	ctx     context.Context // cancelled when the proxy stops for good: aborts dials

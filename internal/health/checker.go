@@ -71,7 +71,7 @@ type DialFunc func(ctx context.Context, addr string) error
 
 // RunChecks starts one goroutine per target that probes it with dial every
 // c.Interval (jittered, with a random initial offset) and feeds the results
-// to [Target.ProbeResult]. A nil dial opens a TCP connection and closes it.
+// to Target.probeResult. A nil dial opens a TCP connection and closes it.
 //
 // The goroutines stop when ctx is cancelled; wait blocks until all of them
 // have exited. On exit each goroutine releases a target its checks had
@@ -118,7 +118,7 @@ func (p prober) run(ctx context.Context) {
 			// target.
 			return
 		}
-		p.target.ProbeResult(time.Now(), p.check, err)
+		p.target.probeResult(time.Now(), p.check, err)
 		timer.Reset(jitter(p.check.Interval))
 	}
 }

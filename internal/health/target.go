@@ -193,14 +193,14 @@ func (t *Target) Failure(now time.Time, err error) {
 	}
 }
 
-// ProbeResult records the outcome of one active check (err == nil is a
+// probeResult records the outcome of one active check (err == nil is a
 // success) under the rise/fall counts of c. It is called by the goroutines
 // of RunChecks and is exported for tests.
 //
 // c.Fall consecutive failures mark t down and, unlike a passive down, keep
 // it from getting trial connections; c.Rise consecutive successes bring it
 // up however it was downed.
-func (t *Target) ProbeResult(now time.Time, c Check, err error) {
+func (t *Target) probeResult(now time.Time, c Check, err error) {
 	c = c.withDefaults()
 	if err != nil {
 		t.lastErr.Store(&failure{err: err, at: now.UnixNano()})

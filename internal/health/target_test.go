@@ -133,7 +133,7 @@ func TestForceAlwaysGrants(t *testing.T) {
 				t.Fatal("setup: trial not granted")
 			}
 		}},
-		{"down by active checks", func(tg *Target) { tg.ProbeResult(t0, check, errRefused) }},
+		{"down by active checks", func(tg *Target) { tg.probeResult(t0, check, errRefused) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -217,7 +217,7 @@ func TestProbeResult(t *testing.T) {
 			if !ok {
 				err = errRefused
 			}
-			tg.ProbeResult(t0, check, err)
+			tg.probeResult(t0, check, err)
 		}
 	}
 

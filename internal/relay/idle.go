@@ -48,10 +48,10 @@ type sendMark struct {
 	checked bool
 }
 
-// NewIdle returns the clock for one pair that is closed after timeout
+// newIdle returns the clock for one pair that is closed after timeout
 // without traffic in either direction. It returns nil, meaning no idle
 // timeout, if timeout <= 0.
-func NewIdle(timeout time.Duration) *Idle { return NewTimeouts(timeout, 0) }
+func newIdle(timeout time.Duration) *Idle { return NewTimeouts(timeout, 0) }
 
 // NewTimeouts returns the clock for one pair with an idle timeout and a
 // half-close timeout, each off when <= 0. It returns nil when both are.

@@ -22,6 +22,9 @@ import (
 	"sync/atomic"
 )
 
+// io.Copy, in the library's relay, finds WriteTo only through io.WriterTo.
+var _ io.WriterTo = (*Conn)(nil)
+
 // Conn is a *net.TCPConn whose WriteTo relays to w without holding a
 // splice pipe while the connection is idle.
 //

@@ -30,6 +30,8 @@ var streamBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
+var _ io.WriterTo = (*Stream)(nil)
+
 // Stream is one side of a relayed pair whose bytes pass through a layer
 // that must see them, such as a *tls.Conn: they cannot be spliced, so
 // WriteTo reads plaintext through the layer into a buffer and writes it
