@@ -12,6 +12,12 @@
 //	tcpproxy -h
 //
 // The default of -c is $TCPPROXY_CONFIG, else ./config.yaml.
+//
+// It builds and runs on Linux and other Unix systems. Linux-only, with a
+// fallback elsewhere: the length of a retiring listener's accept queue
+// and SO_REUSEPORT on an open socket for a reload that moves a port
+// between addresses (listener_linux.go, listener_other.go), and the
+// relay's splice (internal/relay). The tests are Linux-only.
 package main
 
 import (

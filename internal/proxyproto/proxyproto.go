@@ -12,6 +12,9 @@
 // and a peer may encode an IPv4 client either way; unmapping makes the
 // address compare equal to plain IPv4 prefixes in allow/deny lists and
 // hash to the same balancer key however it arrived.
+//
+// Nothing here is Linux-only: Read peeks with recv(2)'s MSG_PEEK, which
+// every Unix system has.
 package proxyproto
 
 import (

@@ -5,7 +5,6 @@ import (
 	"io"
 	"sync"
 	"syscall"
-	"unsafe"
 )
 
 // Chunk sizes, picked with this package's benchmarks on loopback (Linux
@@ -29,10 +28,6 @@ const (
 	smallSize = 32 << 10
 	maxChunk  = 1 << 20
 )
-
-// siocinq is SIOCINQ (FIONREAD) from linux/sockios.h: bytes queued for
-// reading on a TCP socket, not counting a received FIN.
-const siocinq = 0x541B
 
 // smallBufs holds the read+write buffers. A buffer is only taken once data
 // is known to be ready, so idle connections hold none.
@@ -67,7 +62,7 @@ type waiter struct {
 }
 
 func newWaiter(rc syscall.RawConn, canBulk bool) *waiter {
-	w := &waiter{rc: rc, canBulk: canBulk}
+	w := &waiter{rc: rc, canBulk: canBulk && spliceQueued}
 	w.ready = w.onReadable
 	return w
 }
@@ -140,14 +135,6 @@ func (w *waiter) flush(dst io.Writer) (int64, error) {
 		return int64(n), fmt.Errorf("relay: %w", w.err)
 	}
 	return int64(n), nil
-}
-
-func (w *waiter) ioctlInq(fd uintptr) error {
-	_, _, e := syscall.Syscall(syscall.SYS_IOCTL, fd, siocinq, uintptr(unsafe.Pointer(&w.inq)))
-	if e != 0 {
-		return e
-	}
-	return nil
 }
 
 func readFD(fd uintptr, p []byte) (int, error) {
