@@ -69,13 +69,7 @@ func TestReloadPortsAddedAndRemoved(t *testing.T) {
 	}
 	// A removed port closes once the clients that reached it are taken
 	// (after retireGrace, within retireWait), then refuses.
-	waitFor(t, 2*retireWait, "the removed port to refuse", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p1))
-		if err == nil {
-			c.Close()
-		}
-		return isRefused(err)
-	})
+	waitFor(t, 2*retireWait, "the removed port to refuse", func() bool { return refuses(p1) })
 	c := dialProxy(t, p2)
 	c.Write([]byte("new port\n"))
 	if got := readLine(t, c); got != "new port" {
@@ -210,15 +204,6 @@ func TestReloadNewPortInUseChangesNothing(t *testing.T) {
 	if got := readLine(t, dialProxy(t, port)); got != "old" {
 		t.Fatalf("after a failed reload the port serves %q, want the old config", got)
 	}
-}
-
-// startBinary runs the built binary on a config file and waits until
-// port accepts.
-func startBinary(t *testing.T, port int, args ...string) (*os.Process, *syncBuffer) {
-	t.Helper()
-	cmd, out := runBinary(t, args...)
-	waitListening(t, port)
-	return cmd.Process, out
 }
 
 // TestBinaryReloadOnSIGHUP: an invalid file keeps the old config serving

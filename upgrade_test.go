@@ -185,13 +185,7 @@ func TestBinaryDrainOrder(t *testing.T) {
 	}
 	defer stalled.Close()
 	proc.Signal(syscall.SIGTERM)
-	waitFor(t, 2*time.Second, "the listeners to close", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return isRefused(err)
-	})
+	waitFor(t, 2*time.Second, "the listeners to close", func() bool { return refuses(port) })
 	for path, want := range map[string]int{"/readyz": 503, "/healthz": 200, "/metrics": 200} {
 		if got := httpStatus("http://" + admin + path); got != want {
 			t.Errorf("%s while draining: %d, want %d", path, got, want)
