@@ -23,7 +23,7 @@ func benchProxy(b *testing.B, yamlText string, w io.Writer) *proxyServer {
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv, err := startProxyServer(cfg, slog.New(slog.NewTextHandler(w, nil)), listenFunc(false, nil))
+	srv, err := startProxyServer(cfg, slog.New(slog.NewTextHandler(w, nil)), prodEnv(listenFunc(false, nil)))
 	if err != nil {
 		b.Fatal(err)
 	}

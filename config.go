@@ -20,28 +20,25 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/michaeldbianchi/tcpproxy/internal/balance"
+	"github.com/michaeldbianchi/tcpproxy/internal/health"
 	"github.com/michaeldbianchi/tcpproxy/internal/names"
 )
 
-// Defaults for keys an operator leaves out. They follow nginx's stream
-// module where it has the same knob (max_fails=1, fail_timeout=10s).
+// Defaults for keys an operator leaves out that this package owns. Each
+// default owned by the package that implements the behaviour is that
+// package's constant: max_fails and fail_timeout are
+// health.DefaultMaxFails and health.DefaultFailTimeout, health_check's
+// keys health.DefaultInterval, DefaultTimeout, DefaultRise and
+// DefaultFall (at least health.MinInterval and MinTimeout), balance is
+// balance.Random, a weight at most balance.MaxWeight, and keepalive's
+// zero relay.DefaultKeepAlivePeriod. README's table of keys is checked
+// against them (TestREADMEDefaults).
 const (
 	defaultDialTimeout     = 3 * time.Second
 	defaultShutdownTimeout = 10 * time.Second
-	defaultMaxFails        = 1
-	defaultFailTimeout     = 10 * time.Second
-	defaultCheckInterval   = 5 * time.Second
-	defaultCheckTimeout    = time.Second
-	// minCheckInterval and minCheckTimeout are the shortest
-	// health_check.interval and health_check.timeout accepted.
-	minCheckInterval = 100 * time.Millisecond
-	minCheckTimeout  = 10 * time.Millisecond
-	defaultCheckRise = 2
-	defaultCheckFall = 3
-	defaultHalfClose = time.Minute
+	defaultHalfClose       = time.Minute
 	// defaultPrereadTimeout is nginx's preread_timeout default.
 	defaultPrereadTimeout = 5 * time.Second
-	maxWeight             = 1000
 )
 
 // config is a loaded and validated configuration file.
@@ -504,6 +501,31 @@ func (v *validator) node(path ...any) *yaml.Node {
 
 // validate checks f and builds the config from it.
 func (v *validator) validate(f *fileConfig) *config {
+	cfg := v.topLevel(f)
+	if len(f.Apps) == 0 {
+		v.errorf(v.node("apps"), "no apps: the config needs an apps: list with at least one app")
+	}
+	names := map[string]int{} // app name -> line of first use
+	ports := map[int][]boundPort{}
+	for i := range f.Apps {
+		af := &f.Apps[i]
+		at := func(steps ...any) *yaml.Node { return v.node(append([]any{"apps", i}, steps...)...) }
+		label := v.appLabel(af.Name, i, names, at("name"))
+		app := v.appOptions(&af.appOptions, &f.Defaults, label, at)
+		app.Name = af.Name
+		v.appNodes[app] = at("name")
+		v.ports(app, af.Ports, ports, label, at)
+		v.targets(app, af.Targets, label, at)
+		cfg.Apps = append(cfg.Apps, app)
+	}
+	v.sharedAddresses(cfg.Apps)
+	v.adminClash(cfg)
+	cfg.Warnings = v.warnings
+	return cfg
+}
+
+// topLevel resolves the keys of the top level other than apps.
+func (v *validator) topLevel(f *fileConfig) *config {
 	cfg := &config{Path: v.path, ShutdownTimeout: defaultShutdownTimeout}
 	if f.ShutdownTimeout != nil {
 		cfg.ShutdownTimeout = v.durationAt(v.node("shutdown_timeout"), *f.ShutdownTimeout, "shutdown_timeout", false)
@@ -521,91 +543,88 @@ func (v *validator) validate(f *fileConfig) *config {
 		}
 	}
 	cfg.ReusePort = f.ReusePort
-	if len(f.Apps) == 0 {
-		v.errorf(v.node("apps"), "no apps: the config needs an apps: list with at least one app")
-	}
-
-	names := map[string]int{} // app name -> line of first use
-	type boundPort struct {
-		app, host string
-		named     bool
-		line      int
-	}
-	ports := map[int][]boundPort{}
-
-	for i := range f.Apps {
-		af := &f.Apps[i]
-		at := func(steps ...any) *yaml.Node { return v.node(append([]any{"apps", i}, steps...)...) }
-		label := fmt.Sprintf("app #%d", i+1)
-		switch {
-		case strings.TrimSpace(af.Name) == "":
-			v.errorf(at("name"), "%s: missing name", label)
-		case names[af.Name] != 0:
-			v.errorf(at("name"), "app %q: duplicate app name (first used at line %d)", af.Name, names[af.Name])
-		default:
-			names[af.Name] = at("name").Line
-			label = fmt.Sprintf("app %q", af.Name)
-		}
-
-		app := v.appOptions(&af.appOptions, &f.Defaults, label, at)
-		app.Name = af.Name
-		v.appNodes[app] = at("name")
-
-		if len(af.Ports) == 0 {
-			v.errorf(at("ports"), "%s: no ports", label)
-		}
-		for j, p := range af.Ports {
-			pn := at("ports", j)
-			if p < 1 || p > 65535 {
-				v.errorf(pn, "%s: port %d outside 1..65535", label, p)
-				continue
-			}
-			for _, other := range ports[p] {
-				shared := other.app != label && other.host == app.Listen && (other.named || app.named())
-				if listenConflict(v.hostsResolved(app.Listen), v.hostsResolved(other.host)) && !shared {
-					where := "within the app"
-					if other.app != label {
-						where = "also used by " + other.app
-					}
-					v.errorf(pn, "%s: listen address %s is already used at line %d (%s)", label, net.JoinHostPort(app.Listen, strconv.Itoa(p)), other.line, where)
-					break
-				}
-			}
-			ports[p] = append(ports[p], boundPort{app: label, host: app.Listen, named: app.named(), line: pn.Line})
-			app.Ports = append(app.Ports, p)
-		}
-
-		if len(af.Targets) == 0 {
-			v.errorf(at("targets"), "%s: no targets", label)
-		}
-		seen := map[string]int{} // target address -> line
-		for j, tf := range af.Targets {
-			tn := at("targets", j)
-			if tn.Kind == yaml.MappingNode {
-				tn = at("targets", j, "address")
-			}
-			if err := checkHostPort(tf.Address); err != nil {
-				v.errorf(tn, "%s: target %q: %v", label, tf.Address, err)
-			} else if first, dup := seen[targetKey(tf.Address)]; dup {
-				v.errorf(tn, "%s: target %q listed twice (first at line %d; use weight: to send it more)", label, tf.Address, first)
-			} else {
-				seen[targetKey(tf.Address)] = tn.Line
-			}
-			t := targetConfig{Address: tf.Address, Weight: 1, Backup: tf.Backup}
-			if tf.Weight != nil {
-				t.Weight = *tf.Weight
-				if t.Weight < 0 || t.Weight > maxWeight {
-					v.errorf(at("targets", j, "weight"), "%s: target %q: weight %d outside 0..%d", label, tf.Address, t.Weight, maxWeight)
-				}
-			}
-			app.Targets = append(app.Targets, t)
-		}
-		cfg.Apps = append(cfg.Apps, app)
-	}
-	v.sharedAddresses(cfg.Apps)
-	v.adminClash(cfg)
-	cfg.Warnings = v.warnings
 	return cfg
+}
+
+// appLabel checks the name of app #i (at node n), records it in names,
+// and returns how errors name the app: `app "NAME"`, or "app #N" while
+// it has no name of its own.
+func (v *validator) appLabel(name string, i int, names map[string]int, n *yaml.Node) string {
+	switch {
+	case strings.TrimSpace(name) == "":
+		v.errorf(n, "app #%d: missing name", i+1)
+	case names[name] != 0:
+		v.errorf(n, "app %q: duplicate app name (first used at line %d)", name, names[name])
+	default:
+		names[name] = n.Line
+		return fmt.Sprintf("app %q", name)
+	}
+	return fmt.Sprintf("app #%d", i+1)
+}
+
+// boundPort is a listen address an app has claimed on a port, for
+// telling clashes (validator.ports).
+type boundPort struct {
+	app, host string
+	named     bool
+	line      int
+}
+
+// ports checks the ports of app against those claimed so far (bound, by
+// port) and claims them.
+func (v *validator) ports(app *appConfig, list []int, bound map[int][]boundPort, label string, at func(...any) *yaml.Node) {
+	if len(list) == 0 {
+		v.errorf(at("ports"), "%s: no ports", label)
+	}
+	for j, p := range list {
+		pn := at("ports", j)
+		if p < 1 || p > 65535 {
+			v.errorf(pn, "%s: port %d outside 1..65535", label, p)
+			continue
+		}
+		for _, other := range bound[p] {
+			shared := other.app != label && other.host == app.Listen && (other.named || app.named())
+			if listenConflict(v.hostsResolved(app.Listen), v.hostsResolved(other.host)) && !shared {
+				where := "within the app"
+				if other.app != label {
+					where = "also used by " + other.app
+				}
+				v.errorf(pn, "%s: listen address %s is already used at line %d (%s)", label, net.JoinHostPort(app.Listen, strconv.Itoa(p)), other.line, where)
+				break
+			}
+		}
+		bound[p] = append(bound[p], boundPort{app: label, host: app.Listen, named: app.named(), line: pn.Line})
+		app.Ports = append(app.Ports, p)
+	}
+}
+
+// targets checks the targets of app and sets them.
+func (v *validator) targets(app *appConfig, list []targetFile, label string, at func(...any) *yaml.Node) {
+	if len(list) == 0 {
+		v.errorf(at("targets"), "%s: no targets", label)
+	}
+	seen := map[string]int{} // target address -> line
+	for j, tf := range list {
+		tn := at("targets", j)
+		if tn.Kind == yaml.MappingNode {
+			tn = at("targets", j, "address")
+		}
+		if err := checkHostPort(tf.Address); err != nil {
+			v.errorf(tn, "%s: target %q: %v", label, tf.Address, err)
+		} else if first, dup := seen[targetKey(tf.Address)]; dup {
+			v.errorf(tn, "%s: target %q listed twice (first at line %d; use weight: to send it more)", label, tf.Address, first)
+		} else {
+			seen[targetKey(tf.Address)] = tn.Line
+		}
+		t := targetConfig{Address: tf.Address, Weight: 1, Backup: tf.Backup}
+		if tf.Weight != nil {
+			t.Weight = *tf.Weight
+			if t.Weight < 0 || t.Weight > balance.MaxWeight {
+				v.errorf(at("targets", j, "weight"), "%s: target %q: weight %d outside 0..%d", label, tf.Address, t.Weight, balance.MaxWeight)
+			}
+		}
+		app.Targets = append(app.Targets, t)
+	}
 }
 
 // adminClash reports an admin address that is the same socket as an
@@ -691,9 +710,22 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 		PrereadTimeout:   defaultPrereadTimeout,
 		DialTimeout:      defaultDialTimeout,
 		Balance:          balance.Random,
-		MaxFails:         defaultMaxFails,
-		FailTimeout:      defaultFailTimeout,
+		MaxFails:         health.DefaultMaxFails,
+		FailTimeout:      health.DefaultFailTimeout,
 	}
+	v.dialOptions(app, pick, label)
+	v.healthOptions(app, pick, label)
+	v.admissionOptions(app, pick, label)
+	v.streamOptions(app, pick, label)
+	v.routeNames(app, pick, label)
+	v.proxyProtocolFrom(app, pick, label)
+	v.tlsOptions(app, pick, label)
+	return app
+}
+
+// dialOptions resolves where the app listens and how it dials: listen,
+// dial_timeout and balance.
+func (v *validator) dialOptions(app *appConfig, pick optionPicker, label string) {
 	if o, n, ok := pick("listen", func(o *appOptions) bool { return o.Listen != nil }); ok {
 		host, err := parseListenHost(*o.Listen)
 		if err != nil {
@@ -710,6 +742,10 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 			v.errorf(n, "%s: balance %q: must be one of random, round_robin, least_conn, hash", label, app.Balance)
 		}
 	}
+}
+
+// healthOptions resolves max_fails, fail_timeout and health_check.
+func (v *validator) healthOptions(app *appConfig, pick optionPicker, label string) {
 	if o, n, ok := pick("max_fails", func(o *appOptions) bool { return o.MaxFails != nil }); ok {
 		app.MaxFails = *o.MaxFails
 		if app.MaxFails < 0 {
@@ -722,6 +758,11 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 	if o, n, ok := pick("health_check", func(o *appOptions) bool { return o.HealthCheck != nil }); ok {
 		app.HealthCheck = v.healthCheck(o.HealthCheck, n, label)
 	}
+}
+
+// admissionOptions resolves what decides whether a client is relayed:
+// max_connections, max_attempts, allow and deny.
+func (v *validator) admissionOptions(app *appConfig, pick optionPicker, label string) {
 	if o, n, ok := pick("max_connections", func(o *appOptions) bool { return o.MaxConnections != nil }); ok {
 		app.MaxConnections = *o.MaxConnections
 		if app.MaxConnections < 0 {
@@ -740,6 +781,11 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 	if o, n, ok := pick("deny", func(o *appOptions) bool { return o.Deny != nil }); ok {
 		app.Deny = v.prefixes(*o.Deny, n, label+": deny")
 	}
+}
+
+// streamOptions resolves what applies to a relayed connection:
+// access_log, the PROXY protocol, keepalive and the idle timeouts.
+func (v *validator) streamOptions(app *appConfig, pick optionPicker, label string) {
 	if o, _, ok := pick("access_log", func(o *appOptions) bool { return o.AccessLog != nil }); ok {
 		app.AccessLog = *o.AccessLog
 	}
@@ -761,10 +807,6 @@ func (v *validator) appOptions(own, def *appOptions, label string, at func(...an
 	if o, n, ok := pick("half_close_timeout", func(o *appOptions) bool { return o.HalfClose != nil }); ok {
 		app.HalfCloseTimeout = v.durationAt(n, *o.HalfClose, label+": half_close_timeout", true)
 	}
-	v.routeNames(app, pick, label)
-	v.proxyProtocolFrom(app, pick, label)
-	v.tlsOptions(app, pick, label)
-	return app
 }
 
 // optionPicker says which block sets a per-app key, and the node to
@@ -818,21 +860,21 @@ func seqItem(n *yaml.Node, i int) *yaml.Node {
 }
 
 // healthCheck resolves an app's health_check mapping. An interval under
-// minCheckInterval or a timeout under minCheckTimeout would burn CPU
+// health.MinInterval or a timeout under health.MinTimeout would burn CPU
 // and mark live targets down, and a timeout longer than the interval
 // makes no sense, so they are errors; a timeout left out is the default
 // or the interval, whichever is shorter.
 func (v *validator) healthCheck(f *healthCheckFile, n *yaml.Node, label string) *healthCheckConfig {
-	hc := &healthCheckConfig{Interval: defaultCheckInterval, Timeout: defaultCheckTimeout, Rise: defaultCheckRise, Fall: defaultCheckFall}
+	hc := &healthCheckConfig{Interval: health.DefaultInterval, Timeout: health.DefaultTimeout, Rise: health.DefaultRise, Fall: health.DefaultFall}
 	key := func(k string) *yaml.Node { return keyNode(n, k) }
 	if f.Interval != nil {
 		hc.Interval = v.durationAt(key("interval"), *f.Interval, label+": health_check.interval", true)
-		v.atLeast(key("interval"), hc.Interval, minCheckInterval, label+": health_check.interval")
+		v.atLeast(key("interval"), hc.Interval, health.MinInterval, label+": health_check.interval")
 	}
 	hc.Timeout = min(hc.Timeout, hc.Interval)
 	if f.Timeout != nil {
 		hc.Timeout = v.durationAt(key("timeout"), *f.Timeout, label+": health_check.timeout", true)
-		v.atLeast(key("timeout"), hc.Timeout, minCheckTimeout, label+": health_check.timeout")
+		v.atLeast(key("timeout"), hc.Timeout, health.MinTimeout, label+": health_check.timeout")
 		if hc.Timeout > hc.Interval && hc.Interval > 0 {
 			v.errorf(key("timeout"), "%s: health_check.timeout: %v is longer than health_check.interval (%v)", label, hc.Timeout, hc.Interval)
 		}

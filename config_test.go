@@ -9,16 +9,6 @@ import (
 	"time"
 )
 
-// writeConfig writes text to a config file in a test's temp dir.
-func writeConfig(t *testing.T, text string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 func TestLoadConfigSeedFormat(t *testing.T) {
 	// Exactly as users of the original program write it.
 	path := writeConfig(t, `apps:

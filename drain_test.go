@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -144,9 +143,7 @@ func TestBinaryDrain(t *testing.T) {
 	path := writeConfig(t, fmt.Sprintf("admin: 127.0.0.1:%d\napps:\n", adminPort)+appYAML("web", []int{port}, []string{a.addr, b.addr}, "balance: round_robin"))
 	base := fmt.Sprintf("http://127.0.0.1:%d", adminPort)
 	start := func(token string) *exec.Cmd {
-		cmd := exec.Command(buildBinary(t), "-c", path)
-		cmd.Env = append(os.Environ(), envAdminToken+"="+token)
-		startCmd(t, cmd)
+		cmd, _ := runBinaryEnv(t, []string{envAdminToken + "=" + token}, "-c", path)
 		waitListening(t, port)
 		waitListening(t, adminPort)
 		return cmd

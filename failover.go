@@ -24,6 +24,8 @@ import (
 	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
 
+var _ tcpproxy.Target = (*failoverTarget)(nil)
+
 // failoverTarget is the tcpproxy.Target of one app. For each connection
 // it asks the app's balancer for an order of targets, dials them one by
 // one until one answers, and hands both connections to the library's
@@ -32,23 +34,17 @@ import (
 //
 // A failoverTarget is immutable once built; a config reload builds a new
 // one that shares the old one's counters and target health.
-var _ tcpproxy.Target = (*failoverTarget)(nil)
-
 type failoverTarget struct {
 	app     *appConfig
 	ctx     context.Context // cancelled when the proxy stops for good: aborts dials
 	log     *slog.Logger
-	dialer  net.Dialer
+	dialer  contextDialer  // serverEnv.dialer's, for app
 	targets []*targetState // in app.Targets order
 	pool    *balance.Pool
 	conns   *connSet
 	stats   *appStats
 	past    map[string]*targetState // targets of earlier generations that this one lacks; see commit
 	tls     *appTLS                 // nil: no TLS (tls.go)
-
-	// panicHook, when set by a test, runs inside HandleConn to inject a
-	// panic where a real bug would strike.
-	panicHook atomic.Pointer[func()]
 }
 
 // targetState is the live state of one target of one app. It outlives
@@ -86,12 +82,13 @@ type appStats struct {
 	tls               tlsStats
 }
 
-// newFailoverTarget builds the Target of app. ctx bounds every dial. If
-// prev, the app's previous generation, is given, its counters, its
+// newFailoverTarget builds the Target of app, which dials its targets
+// with dialer. ctx bounds every dial. If prev, the app's previous
+// generation, is given, its counters, its
 // balancer (when the strategy and targets are the same, so a round_robin
 // cycle goes on) and the health of the targets that stay are carried
 // over. Nothing shared with prev changes until commit.
-func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, conns *connSet, prev *failoverTarget) (*failoverTarget, error) {
+func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, conns *connSet, dialer contextDialer, prev *failoverTarget) (*failoverTarget, error) {
 	pool, err := poolFor(app, prev)
 	if err != nil {
 		return nil, fmt.Errorf("app %q: %w", app.Name, err)
@@ -108,9 +105,8 @@ func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, co
 		conns: conns,
 		tls:   appTLS,
 		stats: &appStats{},
-		// Keepalive is set once by relay.SetKeepAlive, not also by the
-		// dialer's default.
-		dialer: net.Dialer{Timeout: app.DialTimeout, KeepAlive: -1},
+		// Injected at construction (serverEnv.dialer).
+		dialer: dialer,
 	}
 	old := map[string]*targetState{}
 	if prev != nil {
@@ -223,9 +219,6 @@ func (ft *failoverTarget) HandleConn(c net.Conn) {
 // returns why there is no target to relay to, or "".
 func (s *session) connect() (*net.TCPConn, string) {
 	ft := s.ft
-	if hook := ft.panicHook.Load(); hook != nil {
-		(*hook)()
-	}
 	target, i, attempts, err := ft.dial(s.info.client.Addr().Unmap())
 	s.info.attempts = attempts
 	if err != nil && ft.ctx.Err() != nil {
@@ -360,9 +353,7 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 				return nil // out of descriptors here: not the target's failure
 			}
 			ts.failures.Add(1)
-			if ft.app.MaxFails > 0 { // max_fails: 0 turns failure accounting off, as in nginx
-				ts.health.Failure(now, err)
-			}
+			ts.health.Failure(now, err) // nothing with max_fails: 0 (passive health off)
 			return nil
 		}
 		ts.health.Success()

@@ -154,12 +154,18 @@ func (s *syncBuffer) String() string {
 // startProxy loads yamlText and runs it in-process until the test ends.
 func startProxy(t testing.TB, yamlText string) (*proxyServer, *syncBuffer) {
 	t.Helper()
+	return startProxyEnv(t, yamlText, prodEnv(listenFunc(false, nil)))
+}
+
+// startProxyEnv is startProxy in env.
+func startProxyEnv(t testing.TB, yamlText string, env serverEnv) (*proxyServer, *syncBuffer) {
+	t.Helper()
 	cfg, err := parseConfig("test.yaml", []byte(yamlText))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, yamlText)
 	}
 	log, buf := testLogger()
-	srv, err := startProxyServer(cfg, log, listenFunc(false, nil))
+	srv, err := startProxyServer(cfg, log, env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,6 +256,16 @@ func startCmd(t testing.TB, cmd *exec.Cmd) *syncBuffer {
 	return &out
 }
 
+// refuses reports whether a connection to the proxy's port is refused
+// (the listener is closed); one that connects is closed at once.
+func refuses(port int) bool {
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err == nil {
+		c.Close()
+	}
+	return isRefused(err)
+}
+
 // isRefused reports whether err is a refused connection.
 func isRefused(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED)
@@ -261,6 +277,58 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(filepath.Dir(builtPath))
 	}
 	os.Exit(code)
+}
+
+// writeConfig writes text to a config file in a test's temp dir.
+func writeConfig(t testing.TB, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// runBinary starts the built binary with args and returns it with its
+// combined output.
+func runBinary(t testing.TB, args ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	return runBinaryEnv(t, nil, args...)
+}
+
+// runBinaryEnv is runBinary with env added to the environment.
+func runBinaryEnv(t testing.TB, env []string, args ...string) (*exec.Cmd, *syncBuffer) {
+	t.Helper()
+	cmd := exec.Command(buildBinary(t), args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
+	return cmd, startCmd(t, cmd)
+}
+
+// startBinary runs the built binary on a config file and waits until
+// port accepts.
+func startBinary(t testing.TB, port int, args ...string) (*os.Process, *syncBuffer) {
+	t.Helper()
+	cmd, out := runBinary(t, args...)
+	waitListening(t, port)
+	return cmd.Process, out
+}
+
+// waitExit waits until cmd exits, and fails the test unless it exits 0
+// within d.
+func waitExit(t testing.TB, cmd *exec.Cmd, d time.Duration, out *syncBuffer) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v\n%s", err, out)
+		}
+	case <-time.After(d):
+		t.Fatalf("the proxy did not exit within %v\n%s", d, out)
+	}
 }
 
 var (

@@ -19,6 +19,8 @@ const (
 	acceptBackoffMax = 200 * time.Millisecond
 )
 
+var _ net.Listener = (*retryListener)(nil)
+
 // retryListener keeps accepting through errors that pass. The library's
 // accept loop ends for good on the first Accept error, so running out of
 // descriptors (EMFILE, ENFILE) or a connection aborted before it was

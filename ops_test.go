@@ -59,7 +59,7 @@ func TestMetricsExactValues(t *testing.T) {
 	path := writeConfig(t, yaml)
 	log, _ := testLogger()
 	d := &daemon{opts: &options{configPath: path}, log: log, startCfg: srv.cfg, srv: srv}
-	h := admin.New(admin.Options{Snapshot: srv.snapshot, Ready: srv.ready.Load}).Handler()
+	h := admin.New(admin.Options{Snapshot: d.snapshot, Ready: srv.ready.Load}).Handler()
 
 	echo := func(port int) {
 		c := dialProxy(t, port)

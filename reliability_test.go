@@ -1,7 +1,10 @@
+//go:build linux
+
 package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -22,14 +25,14 @@ import (
 func TestPanicInConnectionIsContained(t *testing.T) {
 	be := startBackend(t, echoHandler)
 	port := freePort(t)
-	srv, logs := startProxy(t, "apps:\n"+appYAML("fragile", []int{port}, []string{be.addr}, ""))
+	// The first dial panics, where a real bug in the connection path
+	// would strike.
+	env := prodEnv(listenFunc(false, nil))
 	var panics atomic.Int64
-	hook := func() {
-		if panics.Add(1) == 1 {
-			panic("injected by the test")
-		}
+	env.dialer = func(app *appConfig) contextDialer {
+		return panickyDialer{appDialer(app), &panics}
 	}
-	srv.appAt(0).panicHook.Store(&hook)
+	srv, logs := startProxyEnv(t, "apps:\n"+appYAML("fragile", []int{port}, []string{be.addr}, ""), env)
 	c := dialProxy(t, port)
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if b, err := io.ReadAll(c); len(b) != 0 || err != nil {
@@ -48,6 +51,20 @@ func TestPanicInConnectionIsContained(t *testing.T) {
 	if srv.appAt(0).stats.active.Load() != 1 {
 		t.Errorf("active = %d: the panicking connection was not released", srv.appAt(0).stats.active.Load())
 	}
+}
+
+// panickyDialer panics on its first dial and dials with its
+// contextDialer after that.
+type panickyDialer struct {
+	contextDialer
+	panics *atomic.Int64
+}
+
+func (d panickyDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if d.panics.Add(1) == 1 {
+		panic("injected by the test")
+	}
+	return d.contextDialer.DialContext(ctx, network, addr)
 }
 
 func TestIdleTimeout(t *testing.T) {

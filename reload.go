@@ -1,19 +1,11 @@
 package main
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"io"
-	"net"
-	"os"
-	"strconv"
 	"strings"
-	"syscall"
+	"sync/atomic"
 	"time"
 
-	"github.com/michaeldbianchi/tcpproxy/internal/admin"
-	"github.com/michaeldbianchi/tcpproxy/internal/upgrade"
+	"github.com/michaeldbianchi/tcpproxy/internal/stats"
 )
 
 // reload loads the config file again and applies it. An invalid file
@@ -45,8 +37,7 @@ func (d *daemon) apply(cfg *config, err error) {
 	if err == nil {
 		var sum reloadSummary
 		if sum, err = d.srv.apply(cfg); err == nil {
-			d.srv.reloads.success.Add(1)
-			d.srv.reloads.lastSuccess.Store(time.Now().UnixNano())
+			d.reloads.succeeded(time.Now())
 			d.shutdownTimeout = cfg.ShutdownTimeout
 			d.shutdownDelay = cfg.ShutdownDelay
 			d.adminToken.Store(&cfg.AdminToken)
@@ -59,107 +50,37 @@ func (d *daemon) apply(cfg *config, err error) {
 			return
 		}
 	}
-	d.srv.reloads.failure.Add(1)
+	d.reloads.failed()
 	for _, line := range strings.Split(err.Error(), "\n") {
 		d.log.Error("config reload failed, keeping the running config", "err", line)
 	}
 }
 
-// startAdmin serves the admin endpoints, on the socket the previous
-// process handed over if this one is an upgrade.
-func (d *daemon) startAdmin(inherited *upgrade.Inherited) error {
-	addr := d.startCfg.Admin
-	ln := inherited.Listener(adminKey(addr))
-	if ln == nil {
-		var err error
-		if ln, err = net.Listen(listenNetwork(addr), addr); err != nil {
-			return fmt.Errorf("admin: listen on %s: %w", addr, unwrapOpError(err))
-		}
-	}
-	d.adminLn = ln
-	d.admin = admin.New(admin.Options{
-		Snapshot: d.srv.snapshot,
-		Ready:    d.srv.ready.Load,
-		Log:      d.log,
-		Build:    currentBuild().metrics(),
-		Token:    d.token,
-		SetDrain: d.srv.setDrain,
-	})
-	go func() {
-		if err := d.admin.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
-			d.log.Error("admin server stopped", "err", err)
-		}
-	}()
-	d.log.Info("admin listening", "addr", ln.Addr().String())
-	return nil
+// reloadCounts counts config loads after the first. The reload path
+// (daemon.apply) alone writes them; the admin server reads them.
+type reloadCounts struct {
+	success, failure atomic.Int64
+	lastSuccess      atomic.Int64 // unix nanos
 }
 
-// adminKey names the admin listener among the sockets an upgrade hands
-// over, apart from the app ports.
-func adminKey(addr string) string { return "admin " + addr }
+// loaded records a config put in force at now: the one of the start, or
+// a reload's.
+func (r *reloadCounts) loaded(now time.Time) { r.lastSuccess.Store(now.UnixNano()) }
 
-// upgrade starts the binary on disk as a new process that takes over
-// every listening socket. On success this process stops accepting (the
-// sockets stay open in the new one, so no connection is refused) and
-// the caller drains it; on failure it carries on serving.
-func (d *daemon) upgrade() bool {
-	lns := d.srv.listeners()
-	if tl, ok := d.adminLn.(*net.TCPListener); ok {
-		lns[adminKey(d.startCfg.Admin)] = tl
-	}
-	if tl, ok := d.pprofLn.(*net.TCPListener); ok {
-		lns[pprofKey(d.opts.pprofAddr)] = tl
-	}
-	d.log.Info("upgrade: starting the new binary", "listeners", len(lns))
-	proc, err := upgrade.Start(context.Background(), lns, upgradeTimeout)
-	if err != nil {
-		d.log.Error("upgrade failed, carrying on", "err", err)
-		if d.opts.pidFile != "" {
-			upgrade.WritePIDFile(d.opts.pidFile) // tells a waiting `tcpproxy -upgrade` (see requestUpgrade)
-		}
-		return false
-	}
-	d.log.Info("upgrade: the new process is serving; this one stops accepting and drains", "new_pid", proc.Pid)
-	return true
+// succeeded records a reload that put its config in force at now.
+func (r *reloadCounts) succeeded(now time.Time) {
+	r.success.Add(1)
+	r.loaded(now)
 }
 
-// requestUpgrade is `tcpproxy -upgrade`: it asks the proxy whose PID is
-// in pidFile to upgrade (SIGUSR2) and waits until a new process has
-// written its PID there, like `nginx -s` does for its signals. A proxy
-// whose upgrade failed writes its own PID there again (a new file, by
-// rename), which ends the wait at once with the failure.
-func requestUpgrade(pidFile string, stdout, stderr io.Writer) int {
-	readPID := func() int {
-		b, err := os.ReadFile(pidFile)
-		if err != nil {
-			return 0
-		}
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		return pid
+// failed records a reload that kept the running config.
+func (r *reloadCounts) failed() { r.failure.Add(1) }
+
+// stats returns the counts for metrics and status.
+func (r *reloadCounts) stats() stats.Reloads {
+	s := stats.Reloads{Success: r.success.Load(), Failure: r.failure.Load()}
+	if t := r.lastSuccess.Load(); t != 0 {
+		s.LastSuccess = time.Unix(0, t)
 	}
-	old := readPID()
-	if old <= 0 {
-		fmt.Fprintf(stderr, "tcpproxy: -upgrade: no PID in %s\n", pidFile)
-		return 1
-	}
-	before, _ := os.Stat(pidFile)
-	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
-		fmt.Fprintf(stderr, "tcpproxy: -upgrade: signal pid %d: %v\n", old, err)
-		return 1
-	}
-	deadline := time.Now().Add(upgradeTimeout + 5*time.Second)
-	for time.Now().Before(deadline) {
-		pid := readPID()
-		if pid > 0 && pid != old && syscall.Kill(pid, 0) == nil {
-			fmt.Fprintf(stdout, "upgraded: pid %d -> %d (the old process drains its connections)\n", old, pid)
-			return 0
-		}
-		if now, err := os.Stat(pidFile); pid == old && err == nil && before != nil && !os.SameFile(before, now) {
-			fmt.Fprintf(stderr, "tcpproxy: -upgrade: the upgrade failed; pid %d carries on serving; see its log\n", old)
-			return 1
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	fmt.Fprintf(stderr, "tcpproxy: -upgrade: no new process took over from pid %d; see its log\n", old)
-	return 1
+	return s
 }

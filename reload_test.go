@@ -70,13 +70,7 @@ func TestReloadPortsAddedAndRemoved(t *testing.T) {
 	}
 	// A removed port closes once the clients that reached it are taken
 	// (after retireGrace, within retireWait), then refuses.
-	waitFor(t, 2*retireWait, "the removed port to refuse", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p1))
-		if err == nil {
-			c.Close()
-		}
-		return isRefused(err)
-	})
+	waitFor(t, 2*retireWait, "the removed port to refuse", func() bool { return refuses(p1) })
 	c := dialProxy(t, p2)
 	c.Write([]byte("new port\n"))
 	if got := readLine(t, c); got != "new port" {
@@ -218,15 +212,6 @@ func TestReloadNewPortInUseChangesNothing(t *testing.T) {
 	if want := []string{fmt.Sprintf("127.0.0.1:%d", port)}; !slices.Equal(listed, want) {
 		t.Errorf("/status listeners after a failed reload = %q, want %q (the port it could not bind is not one)", listed, want)
 	}
-}
-
-// startBinary runs the built binary on a config file and waits until
-// port accepts.
-func startBinary(t *testing.T, port int, args ...string) (*os.Process, *syncBuffer) {
-	t.Helper()
-	cmd, out := runBinary(t, args...)
-	waitListening(t, port)
-	return cmd.Process, out
 }
 
 // TestBinaryReloadOnSIGHUP: an invalid file keeps the old config serving

@@ -238,6 +238,13 @@ func (r *listenRoute) matchHost(_ context.Context, host string) bool {
 	return ok
 }
 
+// The routes' targets and the listener handed to the library.
+var (
+	_ tcpproxy.Target = hostRoute{}
+	_ tcpproxy.Target = defaultRoute{}
+	_ net.Listener    = routeListener{}
+)
+
 // hostRoute is the Target of the HTTP Host route: the app of the Host
 // the library matched.
 type hostRoute struct{ r *listenRoute }

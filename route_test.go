@@ -257,7 +257,7 @@ func TestProxyPortInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	log, _ := testLogger()
-	_, err = startProxyServer(cfg, log, listenFunc(false, nil))
+	_, err = startProxyServer(cfg, log, prodEnv(listenFunc(false, nil)))
 	want := fmt.Sprintf(`app "web": listen on 127.0.0.1:%d: bind: address already in use`, takenPort)
 	if err == nil || err.Error() != want {
 		t.Fatalf("start error = %v, want %q", err, want)
@@ -335,14 +335,6 @@ func assertNoLeaks(t *testing.T, n int, exchange func()) {
 	})
 }
 
-// runBinary starts the built binary with args and returns it with its
-// combined output.
-func runBinary(t *testing.T, args ...string) (*exec.Cmd, *syncBuffer) {
-	t.Helper()
-	cmd := exec.Command(buildBinary(t), args...)
-	return cmd, startCmd(t, cmd)
-}
-
 // TestBinaryGracefulShutdown runs the built binary: a transfer in flight
 // when SIGTERM arrives completes, new connections are refused at once,
 // and the process exits 0 once the transfer is done.
@@ -367,13 +359,7 @@ func TestBinaryGracefulShutdown(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "new connections to be refused", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return isRefused(err)
-	})
+	waitFor(t, 5*time.Second, "new connections to be refused", func() bool { return refuses(port) })
 
 	// The connection opened before the signal still works both ways.
 	wrote := make(chan error, 1)
@@ -392,16 +378,7 @@ func TestBinaryGracefulShutdown(t *testing.T) {
 	if err := <-wrote; err != nil {
 		t.Fatalf("after SIGTERM write: %v", err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit: %v\n%s", err, out)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("proxy did not exit after its last connection closed\n%s", out)
-	}
+	waitExit(t, cmd, 10*time.Second, out)
 	if !regexp.MustCompile(`msg=stopped drained=[1-9]\d* cut=0`).MatchString(out.String()) {
 		t.Errorf("log does not report the drain:\n%s", out)
 	}

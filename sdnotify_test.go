@@ -1,10 +1,11 @@
+//go:build linux
+
 package main
 
 import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"syscall"
@@ -72,9 +73,7 @@ func TestBinarySdNotify(t *testing.T) {
 	port := freePort(t)
 	pidFile := filepath.Join(t.TempDir(), "tcpproxy.pid")
 	path := writeConfig(t, "apps:\n"+appYAML("web", []int{port}, []string{be.addr}, ""))
-	cmd := exec.Command(buildBinary(t), "-c", path, "-pid-file", pidFile)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
-	out := startCmd(t, cmd)
+	cmd, out := runBinaryEnv(t, []string{"NOTIFY_SOCKET=" + sock}, "-c", path, "-pid-file", pidFile)
 	defer func() {
 		if t.Failed() {
 			t.Logf("proxy log:\n%s", out)

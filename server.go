@@ -38,7 +38,7 @@ type proxyServer struct {
 	ctx    context.Context // cancelled when the server stops for good
 	cancel context.CancelFunc
 	conns  *connSet
-	listen func(network, addr string) (net.Listener, error)
+	env    serverEnv
 
 	mu       sync.Mutex // serializes apply and shutdown
 	cfg      *config
@@ -50,7 +50,6 @@ type proxyServer struct {
 	checks   map[string]*checker        // active health checks, by app name
 	current  atomic.Pointer[[]*failoverTarget]
 	ready    atomic.Bool // every listener open, not draining
-	reloads  reloadStats
 }
 
 // checker is a running set of active health checks for one app.
@@ -61,23 +60,44 @@ type checker struct {
 	wait    func()
 }
 
-// reloadStats counts config loads after the first.
-type reloadStats struct {
-	success, failure atomic.Int64
-	lastSuccess      atomic.Int64 // unix nanos
+// serverEnv is what a proxyServer takes from the process around it,
+// fixed at construction (as tableflip's env): production passes the real
+// ones (prodEnv), a test may pass its own.
+type serverEnv struct {
+	// listen opens a listener: net.Listen, or an inherited socket after
+	// an upgrade (listenFunc).
+	listen func(network, addr string) (net.Listener, error)
+	// dialer returns the dialer of app's targets.
+	dialer func(app *appConfig) contextDialer
+}
+
+// contextDialer dials a target; *net.Dialer is one.
+type contextDialer interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// prodEnv is the environment of the running proxy: listen as given, and
+// a net.Dialer with the app's dial_timeout.
+func prodEnv(listen func(network, addr string) (net.Listener, error)) serverEnv {
+	return serverEnv{listen: listen, dialer: appDialer}
+}
+
+// appDialer dials app's targets with its dial_timeout. Keepalive is set
+// once by relay.SetKeepAlive, not also by the dialer's default.
+func appDialer(app *appConfig) contextDialer {
+	return &net.Dialer{Timeout: app.DialTimeout, KeepAlive: -1}
 }
 
 // newProxyServer returns a server with nothing listening; apply starts
-// it. listen opens listeners (net.Listen, or an inherited socket after
-// an upgrade).
-func newProxyServer(log *slog.Logger, listen func(network, addr string) (net.Listener, error)) *proxyServer {
+// it.
+func newProxyServer(log *slog.Logger, env serverEnv) *proxyServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &proxyServer{
 		log:      log,
 		ctx:      ctx,
 		cancel:   cancel,
 		conns:    newConnSet(),
-		listen:   listen,
+		env:      env,
 		routes:   map[string]*listenRoute{},
 		retiring: map[string]*listenRoute{},
 		unrouted: map[string]*unroutedStats{},
@@ -91,8 +111,8 @@ func newProxyServer(log *slog.Logger, listen func(network, addr string) (net.Lis
 }
 
 // startProxyServer builds a server for cfg and opens its listeners.
-func startProxyServer(cfg *config, log *slog.Logger, listen func(network, addr string) (net.Listener, error)) (*proxyServer, error) {
-	s := newProxyServer(log, listen)
+func startProxyServer(cfg *config, log *slog.Logger, env serverEnv) (*proxyServer, error) {
+	s := newProxyServer(log, env)
 	if _, err := s.apply(cfg); err != nil {
 		s.cancel()
 		return nil, err
@@ -180,7 +200,7 @@ func (s *proxyServer) buildGeneration(cfg *config) (map[string]*failoverTarget, 
 		if prev == nil {
 			prev = s.past[app.Name] // removed earlier: its counts go on
 		}
-		ft, err := newFailoverTarget(s.ctx, app, s.log, s.conns, prev)
+		ft, err := newFailoverTarget(s.ctx, app, s.log, s.conns, s.env.dialer(app), prev)
 		if err != nil {
 			return nil, nil, sum, err
 		}
@@ -364,7 +384,7 @@ func (s *proxyServer) startRoute(addr string, t *routeTable, old *listenRoute, b
 // beside is set.
 func (s *proxyServer) listenOn(addr string, beside bool) (net.Listener, error) {
 	if !beside {
-		return s.listen(listenNetwork(addr), addr)
+		return s.env.listen(listenNetwork(addr), addr)
 	}
 	lc := net.ListenConfig{KeepAlive: -1, Control: setReusePort}
 	return lc.Listen(context.Background(), listenNetwork(addr), addr)
@@ -454,7 +474,8 @@ func (s *proxyServer) startChecks(ft *failoverTarget, hc *healthCheckConfig) *ch
 	}
 }
 
-// snapshot returns the state of every app for metrics and status.
+// snapshot returns the state of every app and listener for metrics and
+// status; the reload counts are the daemon's (daemon.snapshot).
 func (s *proxyServer) snapshot() stats.Snapshot {
 	gen := *s.current.Load()
 	snap := stats.Snapshot{Apps: make([]stats.App, len(gen))}
@@ -463,10 +484,6 @@ func (s *proxyServer) snapshot() stats.Snapshot {
 	}
 	snap.Apps = append(snap.Apps, s.removedDraining()...)
 	snap.Listeners = s.listenerStats()
-	snap.Reloads = stats.Reloads{Success: s.reloads.success.Load(), Failure: s.reloads.failure.Load()}
-	if t := s.reloads.lastSuccess.Load(); t != 0 {
-		snap.Reloads.LastSuccess = time.Unix(0, t)
-	}
 	return snap
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -105,13 +104,7 @@ func TestBinaryShutdownDelay(t *testing.T) {
 			s := readyz(admin)
 			return s == http.StatusServiceUnavailable || s == 0
 		})
-		waitFor(t, 10*time.Second, "the listener to close after the delay", func() bool {
-			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-			if err == nil {
-				c.Close()
-			}
-			return isRefused(err)
-		})
+		waitFor(t, 10*time.Second, "the listener to close after the delay", func() bool { return refuses(port) })
 		fmt.Fprintln(held, "after")
 		if got := readLine(t, held); got != "after" {
 			t.Fatalf("connection opened before SIGTERM: %q", got)
@@ -122,20 +115,4 @@ func TestBinaryShutdownDelay(t *testing.T) {
 			t.Errorf("log does not report the drain:\n%s", out)
 		}
 	})
-}
-
-// waitExit waits until cmd exits, and fails the test unless it exits 0
-// within d.
-func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration, out *syncBuffer) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit: %v\n%s", err, out)
-		}
-	case <-time.After(d):
-		t.Fatalf("the proxy did not exit within %v\n%s", d, out)
-	}
 }

@@ -9,13 +9,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/michaeldbianchi/tcpproxy/internal/upgrade"
 )
 
 // TestBinaryUpgrade upgrades the running binary while clients connect
@@ -126,12 +127,9 @@ func TestBinaryUpgrade(t *testing.T) {
 	})
 }
 
+// readPIDFile returns the PID in path, or 0.
 func readPIDFile(path string) int {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	pid, _ := upgrade.ReadPIDFile(path)
 	return pid
 }
 
@@ -187,13 +185,7 @@ func TestBinaryDrainOrder(t *testing.T) {
 	}
 	defer stalled.Close()
 	proc.Signal(syscall.SIGTERM)
-	waitFor(t, 2*time.Second, "the listeners to close", func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return isRefused(err)
-	})
+	waitFor(t, 2*time.Second, "the listeners to close", func() bool { return refuses(port) })
 	for path, want := range map[string]int{"/readyz": 503, "/healthz": 200, "/metrics": 200} {
 		if got := httpStatus("http://" + admin + path); got != want {
 			t.Errorf("%s while draining: %d, want %d", path, got, want)

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command soak is a soak and chaos test of the tcpproxy binary.
 //
 // It starts three stable backends and a fourth "toggler" target in
@@ -26,7 +28,9 @@
 //
 //	go build -o /tmp/x/tcpproxy . && go run ./soak -proxy /tmp/x/tcpproxy [-duration 10m] [-conns 2000] [-churn 200] [-seed N] [-edges=false] [-json] [-v]
 //
-// or scripts/soak.sh, which builds the proxy first.
+// or scripts/soak.sh, which builds the proxy first. It is Linux-only,
+// like the tests: it reads /proc and uses Linux's socket flags
+// (SOCK_CLOEXEC) and RLIMIT_NOFILE's Linux type.
 package main
 
 import (

@@ -9,11 +9,23 @@ import (
 	"time"
 )
 
-// Defaults applied to zero or negative [Check] fields (HAProxy's).
+// Defaults of the active checks: what a zero or negative [Check] field
+// means, and what the config's health_check takes for a key left out.
+// Rise and fall are HAProxy's.
 const (
-	DefaultInterval = 2 * time.Second
-	DefaultRise     = 2
-	DefaultFall     = 3
+	DefaultInterval = 5 * time.Second
+	// DefaultTimeout bounds a probe, or the interval does if it is
+	// shorter.
+	DefaultTimeout = time.Second
+	DefaultRise    = 2
+	DefaultFall    = 3
+)
+
+// The shortest interval and timeout the config accepts: shorter ones
+// burn CPU and mark live targets down.
+const (
+	MinInterval = 100 * time.Millisecond
+	MinTimeout  = 10 * time.Millisecond
 )
 
 // jitterPercent is how far each probe interval is randomly stretched or
@@ -26,7 +38,7 @@ type Check struct {
 	// of the next. Zero or negative means DefaultInterval.
 	Interval time.Duration
 	// Timeout bounds one probe (a TCP connect). Zero or negative means
-	// Interval.
+	// DefaultTimeout or Interval, whichever is shorter.
 	Timeout time.Duration
 	// Rise is the number of consecutive successful probes that mark a
 	// target up. Zero or negative means DefaultRise.
@@ -42,7 +54,7 @@ func (c Check) withDefaults() Check {
 		c.Interval = DefaultInterval
 	}
 	if c.Timeout <= 0 {
-		c.Timeout = c.Interval
+		c.Timeout = min(DefaultTimeout, c.Interval)
 	}
 	if c.Rise <= 0 {
 		c.Rise = DefaultRise
@@ -59,7 +71,7 @@ type DialFunc func(ctx context.Context, addr string) error
 
 // RunChecks starts one goroutine per target that probes it with dial every
 // c.Interval (jittered, with a random initial offset) and feeds the results
-// to [Target.ProbeResult]. A nil dial opens a TCP connection and closes it.
+// to Target.probeResult. A nil dial opens a TCP connection and closes it.
 //
 // The goroutines stop when ctx is cancelled; wait blocks until all of them
 // have exited. On exit each goroutine releases a target its checks had
@@ -106,7 +118,7 @@ func (p prober) run(ctx context.Context) {
 			// target.
 			return
 		}
-		p.target.ProbeResult(time.Now(), p.check, err)
+		p.target.probeResult(time.Now(), p.check, err)
 		timer.Reset(jitter(p.check.Interval))
 	}
 }

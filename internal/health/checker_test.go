@@ -91,7 +91,7 @@ func TestActiveChecksFollowListener(t *testing.T) {
 	srv := startBackend(t, "127.0.0.1:0")
 	addr := srv.ln.Addr().String()
 	log, logs := newRecorder()
-	tg := NewTarget(addr, Policy{FailTimeout: time.Second}, log)
+	tg := NewTarget(addr, Policy{MaxFails: 1, FailTimeout: time.Second}, log)
 
 	var oks, fails atomic.Int64
 	dial := func(ctx context.Context, addr string) error {
@@ -151,7 +151,7 @@ func TestRunChecksStopsAllGoroutines(t *testing.T) {
 	base := runtime.NumGoroutine()
 	targets := make([]*Target, 50)
 	for i := range targets {
-		targets[i] = NewTarget("127.0.0.1:1", Policy{}, nil)
+		targets[i] = NewTarget("127.0.0.1:1", Policy{MaxFails: 1}, nil)
 	}
 	var inFlight atomic.Int64
 	// Probes hang until cancelled: cancel must interrupt them, and a probe
@@ -179,7 +179,7 @@ func TestRunChecksStopsAllGoroutines(t *testing.T) {
 // checks found (a restarted checker takes over from there); the owner's
 // ReleaseActive hands the target back to passive health.
 func TestStoppedChecksReleaseTarget(t *testing.T) {
-	tg := NewTarget("127.0.0.1:1", Policy{FailTimeout: time.Hour}, nil)
+	tg := NewTarget("127.0.0.1:1", Policy{MaxFails: 1, FailTimeout: time.Hour}, nil)
 	refuse := func(context.Context, string) error { return errRefused }
 	ctx, cancel := context.WithCancel(context.Background())
 	wait := RunChecks(ctx, Check{Interval: 5 * time.Millisecond, Fall: 2}, []*Target{tg}, refuse)
@@ -209,7 +209,7 @@ func TestDefaultDialAgainstClosedPort(t *testing.T) {
 	srv := startBackend(t, "127.0.0.1:0")
 	addr := srv.ln.Addr().String()
 	srv.stop()
-	tg := NewTarget(addr, Policy{}, nil)
+	tg := NewTarget(addr, Policy{MaxFails: 1}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	wait := RunChecks(ctx, Check{Interval: 5 * time.Millisecond, Timeout: time.Second, Fall: 2}, []*Target{tg}, nil)
 	defer waitDone(t, 2*time.Second, wait)

@@ -21,13 +21,13 @@ func TestDown(t *testing.T) {
 		{"second failure", func() { tg.Failure(t0.Add(time.Second), errRefused) }, "passive", t0.Add(time.Second)},
 		{"failed trial keeps since", func() { tg.Failure(t0.Add(20*time.Second), errRefused) }, "passive", t0.Add(time.Second)},
 		{"checks confirm: active, same since", func() {
-			tg.ProbeResult(t0.Add(30*time.Second), c, errRefused)
-			tg.ProbeResult(t0.Add(31*time.Second), c, errRefused)
+			tg.probeResult(t0.Add(30*time.Second), c, errRefused)
+			tg.probeResult(t0.Add(31*time.Second), c, errRefused)
 		}, "active", t0.Add(time.Second)},
-		{"check succeeds", func() { tg.ProbeResult(t0.Add(40*time.Second), c, nil) }, "", time.Time{}},
+		{"check succeeds", func() { tg.probeResult(t0.Add(40*time.Second), c, nil) }, "", time.Time{}},
 		{"checks down again", func() {
-			tg.ProbeResult(t0.Add(50*time.Second), c, errRefused)
-			tg.ProbeResult(t0.Add(51*time.Second), c, errRefused)
+			tg.probeResult(t0.Add(50*time.Second), c, errRefused)
+			tg.probeResult(t0.Add(51*time.Second), c, errRefused)
 		}, "active", t0.Add(51 * time.Second)},
 	}
 	for _, st := range steps {

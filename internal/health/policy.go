@@ -15,7 +15,10 @@ package health
 
 import "time"
 
-// Defaults applied to zero or negative [Policy] fields.
+// Defaults of passive health (nginx's max_fails=1, fail_timeout=10s):
+// what the config's max_fails and fail_timeout take when left out.
+// DefaultFailTimeout is also what a zero [Policy.FailTimeout] means; a
+// zero MaxFails means passive health off, in a Policy as in the config.
 const (
 	DefaultMaxFails    = 1
 	DefaultFailTimeout = 10 * time.Second
@@ -24,7 +27,8 @@ const (
 // Policy is the passive-health configuration of a target.
 type Policy struct {
 	// MaxFails is the number of consecutive failed dials that mark a target
-	// down. Zero or negative means DefaultMaxFails.
+	// down. Zero or negative turns passive health off: [Target.Failure]
+	// then does nothing.
 	MaxFails int
 	// FailTimeout is how long a passively downed target is skipped before
 	// a single trial connection may test it again. It also bounds how long
@@ -33,11 +37,8 @@ type Policy struct {
 	FailTimeout time.Duration
 }
 
-// withDefaults fills in unset fields, so a zero Policy is a usable one.
+// withDefaults fills in an unset FailTimeout.
 func (p Policy) withDefaults() Policy {
-	if p.MaxFails <= 0 {
-		p.MaxFails = DefaultMaxFails
-	}
 	if p.FailTimeout <= 0 {
 		p.FailTimeout = DefaultFailTimeout
 	}

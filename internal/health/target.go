@@ -156,8 +156,12 @@ func (t *Target) Success() {
 // Failure reports that a dial allowed by Acquire failed with err. MaxFails
 // consecutive failures mark t down for FailTimeout. On a target that is
 // already down, any failure (normally the trial's) restarts the fail
-// timeout and releases the trial slot.
+// timeout and releases the trial slot. With MaxFails zero (passive
+// health off) it does nothing.
 func (t *Target) Failure(now time.Time, err error) {
+	if t.maxFails.Load() <= 0 {
+		return // passive health off
+	}
 	n := now.UnixNano()
 	t.lastErr.Store(&failure{err: err, at: n})
 	count := t.fails.Add(1)
@@ -189,14 +193,14 @@ func (t *Target) Failure(now time.Time, err error) {
 	}
 }
 
-// ProbeResult records the outcome of one active check (err == nil is a
+// probeResult records the outcome of one active check (err == nil is a
 // success) under the rise/fall counts of c. It is called by the goroutines
 // of RunChecks and is exported for tests.
 //
 // c.Fall consecutive failures mark t down and, unlike a passive down, keep
 // it from getting trial connections; c.Rise consecutive successes bring it
 // up however it was downed.
-func (t *Target) ProbeResult(now time.Time, c Check, err error) {
+func (t *Target) probeResult(now time.Time, c Check, err error) {
 	c = c.withDefaults()
 	if err != nil {
 		t.lastErr.Store(&failure{err: err, at: now.UnixNano()})

@@ -133,11 +133,11 @@ func TestForceAlwaysGrants(t *testing.T) {
 				t.Fatal("setup: trial not granted")
 			}
 		}},
-		{"down by active checks", func(tg *Target) { tg.ProbeResult(t0, check, errRefused) }},
+		{"down by active checks", func(tg *Target) { tg.probeResult(t0, check, errRefused) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tg := NewTarget("10.0.0.1:80", Policy{FailTimeout: ft}, nil)
+			tg := NewTarget("10.0.0.1:80", Policy{MaxFails: 1, FailTimeout: ft}, nil)
 			tt.setup(tg)
 			for range 3 {
 				if !tg.Acquire(t0, true) {
@@ -149,7 +149,7 @@ func TestForceAlwaysGrants(t *testing.T) {
 }
 
 func TestAbandonedTrialExpires(t *testing.T) {
-	tg := NewTarget("10.0.0.1:80", Policy{FailTimeout: ft}, nil)
+	tg := NewTarget("10.0.0.1:80", Policy{MaxFails: 1, FailTimeout: ft}, nil)
 	tg.Failure(t0, errRefused)
 	t1 := t0.Add(ft)
 	if !tg.Acquire(t1, false) {
@@ -217,13 +217,13 @@ func TestProbeResult(t *testing.T) {
 			if !ok {
 				err = errRefused
 			}
-			tg.ProbeResult(t0, check, err)
+			tg.probeResult(t0, check, err)
 		}
 	}
 
 	t.Run("fall failures mark down, rise successes mark up", func(t *testing.T) {
 		log, logs := newRecorder()
-		tg := NewTarget("10.0.0.1:80", Policy{}, log)
+		tg := NewTarget("10.0.0.1:80", Policy{MaxFails: 1}, log)
 		probe(tg, false, 2)
 		if !tg.Up() {
 			t.Fatal("down after fall-1 failed probes")
@@ -251,7 +251,7 @@ func TestProbeResult(t *testing.T) {
 	})
 
 	t.Run("interrupted streaks do not count", func(t *testing.T) {
-		tg := NewTarget("10.0.0.1:80", Policy{}, nil)
+		tg := NewTarget("10.0.0.1:80", Policy{MaxFails: 1}, nil)
 		probe(tg, false, 2)
 		probe(tg, true, 1)
 		probe(tg, false, 2)
@@ -261,7 +261,7 @@ func TestProbeResult(t *testing.T) {
 	})
 
 	t.Run("down by checks gets no trials and ignores passive success", func(t *testing.T) {
-		tg := NewTarget("10.0.0.1:80", Policy{FailTimeout: ft}, nil)
+		tg := NewTarget("10.0.0.1:80", Policy{MaxFails: 1, FailTimeout: ft}, nil)
 		probe(tg, false, 3)
 		later := t0.Add(100 * ft)
 		if tg.Usable(later) || tg.Acquire(later, false) {
@@ -279,7 +279,7 @@ func TestProbeResult(t *testing.T) {
 
 	t.Run("down passively comes back by rise probes", func(t *testing.T) {
 		log, logs := newRecorder()
-		tg := NewTarget("10.0.0.1:80", Policy{FailTimeout: ft}, log)
+		tg := NewTarget("10.0.0.1:80", Policy{MaxFails: 1, FailTimeout: ft}, log)
 		probe(tg, true, 5) // a long streak before the failure must not count
 		tg.Failure(t0, errRefused)
 		probe(tg, true, 1)
@@ -295,7 +295,7 @@ func TestProbeResult(t *testing.T) {
 
 	t.Run("checks confirming a passive down stop trials without logging", func(t *testing.T) {
 		log, logs := newRecorder()
-		tg := NewTarget("10.0.0.1:80", Policy{FailTimeout: ft}, log)
+		tg := NewTarget("10.0.0.1:80", Policy{MaxFails: 1, FailTimeout: ft}, log)
 		tg.Failure(t0, errRefused)
 		probe(tg, false, 3)
 		if tg.Usable(t0.Add(ft)) || tg.Acquire(t0.Add(ft), false) {
@@ -305,7 +305,7 @@ func TestProbeResult(t *testing.T) {
 	})
 
 	t.Run("released when checks stop", func(t *testing.T) {
-		tg := NewTarget("10.0.0.1:80", Policy{FailTimeout: ft}, nil)
+		tg := NewTarget("10.0.0.1:80", Policy{MaxFails: 1, FailTimeout: ft}, nil)
 		probe(tg, false, 3)
 		tg.ReleaseActive(t0)
 		if !tg.Acquire(t0, false) {
@@ -347,10 +347,18 @@ func TestSetPolicyKeepsState(t *testing.T) {
 }
 
 func TestPolicyDefaults(t *testing.T) {
-	tg := NewTarget("10.0.0.1:80", Policy{}, nil)
+	off := NewTarget("10.0.0.1:80", Policy{}, nil)
+	off.Failure(t0, errRefused)
+	if !off.Up() {
+		t.Fatal("a zero MaxFails (passive health off) marked the target down")
+	}
+	if _, err := off.LastError(); err != nil {
+		t.Fatalf("a zero MaxFails recorded a failure: %v", err)
+	}
+	tg := NewTarget("10.0.0.1:80", Policy{MaxFails: DefaultMaxFails}, nil)
 	tg.Failure(t0, errRefused)
 	if tg.Up() {
-		t.Fatalf("default MaxFails is not %d", DefaultMaxFails)
+		t.Fatalf("MaxFails %d did not mark down", DefaultMaxFails)
 	}
 	if tg.Usable(t0.Add(DefaultFailTimeout-time.Nanosecond)) || !tg.Usable(t0.Add(DefaultFailTimeout)) {
 		t.Fatalf("default FailTimeout is not %v", DefaultFailTimeout)

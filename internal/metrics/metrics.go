@@ -125,18 +125,20 @@ func (d descs) all() []*prometheus.Desc {
 	}
 }
 
-// collector is the prometheus.Collector behind NewCollector.
+var _ prometheus.Collector = (*collector)(nil)
+
+// collector is the prometheus.Collector behind newCollector.
 type collector struct {
 	snapshot func() stats.Snapshot
 	d        descs
 }
 
-// NewCollector returns a prometheus.Collector that calls snapshot once per
+// newCollector returns a prometheus.Collector that calls snapshot once per
 // scrape and exports it as the tcpproxy_* series. snapshot must be safe to
 // call concurrently, as scrapes may overlap.
-func NewCollector(snapshot func() stats.Snapshot) prometheus.Collector {
+func newCollector(snapshot func() stats.Snapshot) prometheus.Collector {
 	if snapshot == nil {
-		panic("metrics: NewCollector with a nil snapshot func")
+		panic("metrics: newCollector with a nil snapshot func")
 	}
 	return &collector{snapshot: snapshot, d: newDescs()}
 }
@@ -148,10 +150,10 @@ type Build struct {
 	GoVersion string // e.g. go1.26.8
 }
 
-// NewBuildInfo returns the constant gauge
+// newBuildInfo returns the constant gauge
 // tcpproxy_build_info{version,revision,goversion} 1, the usual way to
 // expose a build so that a query can join it to any series.
-func NewBuildInfo(b Build) prometheus.Collector {
+func newBuildInfo(b Build) prometheus.Collector {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name:        "tcpproxy_build_info",
 		Help:        "Always 1; the labels say which build of tcpproxy is running.",
@@ -167,8 +169,8 @@ func NewBuildInfo(b Build) prometheus.Collector {
 func NewRegistry(snapshot func() stats.Snapshot, build Build) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
-		NewCollector(snapshot),
-		NewBuildInfo(build),
+		newCollector(snapshot),
+		newBuildInfo(build),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

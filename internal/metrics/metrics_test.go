@@ -132,7 +132,7 @@ tcpproxy_config_last_reload_success_timestamp_seconds 1.7776368005e+09
 `
 	// CollectAndCompare registers the collector in a pedantic registry,
 	// which also checks that Collect emits only what Describe declared.
-	c := NewCollector(sampleSnapshot)
+	c := newCollector(sampleSnapshot)
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
 		t.Fatal(err)
 	}
@@ -148,14 +148,14 @@ tcpproxy_config_reloads_total{result="failure"} 0
 # TYPE tcpproxy_config_last_reload_success_timestamp_seconds gauge
 tcpproxy_config_last_reload_success_timestamp_seconds 0
 `
-	c := NewCollector(func() stats.Snapshot { return stats.Snapshot{} })
+	c := newCollector(func() stats.Snapshot { return stats.Snapshot{} })
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want)); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestCollectorPassesLint(t *testing.T) {
-	problems, err := testutil.CollectAndLint(NewCollector(sampleSnapshot))
+	problems, err := testutil.CollectAndLint(newCollector(sampleSnapshot))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestCollectorInvalidLabelValueDoesNotPanic(t *testing.T) {
 		return stats.Snapshot{Apps: []stats.App{{Name: "bad\xff"}}}
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(snap))
+	reg.MustRegister(newCollector(snap))
 	if _, err := reg.Gather(); err == nil {
 		t.Fatal("Gather with an invalid UTF-8 label value: want an error, got none")
 	}
@@ -179,7 +179,7 @@ func TestCollectorInvalidLabelValueDoesNotPanic(t *testing.T) {
 
 func TestCollectorTakesOneSnapshotPerScrape(t *testing.T) {
 	calls := 0
-	c := NewCollector(func() stats.Snapshot { calls++; return sampleSnapshot() })
+	c := newCollector(func() stats.Snapshot { calls++; return sampleSnapshot() })
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c)
 	if _, err := reg.Gather(); err != nil {
@@ -230,7 +230,7 @@ func TestUnroutedConnections(t *testing.T) {
 		{Listen: "127.0.0.1:5443", UnroutedNoMatch: 7, UnroutedPrereadTimeout: 2},
 		{Listen: ":5001"},
 	}}
-	c := NewCollector(func() stats.Snapshot { return snap })
+	c := newCollector(func() stats.Snapshot { return snap })
 	want := `
 # HELP tcpproxy_unrouted_connections_total Connections on a listen address that no app took: reason="no_match" matched no sni/http_host name and the address has no default app, reason="preread_timeout" sent too little to be routed within preread_timeout.
 # TYPE tcpproxy_unrouted_connections_total counter
@@ -283,7 +283,7 @@ tcpproxy_tls_handshakes_total{app="db",result="failure",side="target"} 0
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			snap := stats.Snapshot{Apps: []stats.App{{Name: "db", TLS: tt.tls}}}
-			c := NewCollector(func() stats.Snapshot { return snap })
+			c := newCollector(func() stats.Snapshot { return snap })
 			if err := testutil.CollectAndCompare(c, strings.NewReader(tt.want), "tcpproxy_tls_handshakes_total", "tcpproxy_tls_certificate_not_after_timestamp_seconds"); err != nil {
 				t.Fatal(err)
 			}

@@ -88,21 +88,21 @@ func TestAppendParseRoundTrip(t *testing.T) {
 		for _, p := range pairs {
 			t.Run(fmt.Sprintf("%s/v%d", p.name, version), func(t *testing.T) {
 				b := Append(nil, version, p.src, p.dst)
-				h, n, err := Parse(b)
+				h, n, err := parse(b)
 				if err != nil {
-					t.Fatalf("Parse(%q): %v", b, err)
+					t.Fatalf("parse(%q): %v", b, err)
 				}
 				want := Header{version, Proxy, unmapped(p.src), unmapped(p.dst)}
 				if n != len(b) || h != want {
-					t.Errorf("Parse(%q) = %+v, %d; want %+v, %d", b, h, n, want, len(b))
+					t.Errorf("parse(%q) = %+v, %d; want %+v, %d", b, h, n, want, len(b))
 				}
 			})
 		}
 		t.Run(fmt.Sprintf("invalid/v%d", version), func(t *testing.T) {
 			b := Append(nil, version, netip.AddrPort{}, netip.AddrPort{})
-			h, n, err := Parse(b)
+			h, n, err := parse(b)
 			if err != nil || n != len(b) || h != (Header{Version: version, Command: Local}) {
-				t.Errorf("Parse(%q) = %+v, %d, %v; want a Local header", b, h, n, err)
+				t.Errorf("parse(%q) = %+v, %d, %v; want a Local header", b, h, n, err)
 			}
 		})
 	}

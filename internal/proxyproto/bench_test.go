@@ -16,7 +16,7 @@ func BenchmarkParse(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(in)))
 			for b.Loop() {
-				if _, _, err := Parse(in); err != nil {
+				if _, _, err := parse(in); err != nil {
 					b.Fatal(err)
 				}
 			}

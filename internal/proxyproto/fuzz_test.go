@@ -7,11 +7,11 @@ import (
 	"testing"
 )
 
-// FuzzParse checks Parse on arbitrary input: no panic, a length within
+// FuzzParse checks parse on arbitrary input: no panic, a length within
 // the input, the result fixed by the header's bytes alone, every proper
 // prefix of a header incomplete, malformed input staying malformed as
 // more bytes arrive (so Read can give up early), and parsed addresses
-// surviving Append and Parse again.
+// surviving Append and parse again.
 func FuzzParse(f *testing.F) {
 	for _, tc := range validCases() {
 		f.Add([]byte(tc.in))
@@ -21,37 +21,37 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(v2Signature + "\x21\x11\x00\x0b"))
 
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, n, err := Parse(b)
+		h, n, err := parse(b)
 		if err != nil {
 			if n != 0 || h != (Header{}) {
-				t.Fatalf("Parse(%q) = %+v, %d with error %v; want zero values", b, h, n, err)
+				t.Fatalf("parse(%q) = %+v, %d with error %v; want zero values", b, h, n, err)
 			}
-			if errors.Is(err, ErrIncomplete) {
+			if errors.Is(err, errIncomplete) {
 				if len(b) >= maxHeaderLen {
-					t.Fatalf("Parse(%q): incomplete after %d bytes", b, len(b))
+					t.Fatalf("parse(%q): incomplete after %d bytes", b, len(b))
 				}
 				return
 			}
-			if !errors.Is(err, ErrMalformed) {
-				t.Fatalf("Parse(%q): error %v wraps neither sentinel", b, err)
+			if !errors.Is(err, errMalformed) {
+				t.Fatalf("parse(%q): error %v wraps neither sentinel", b, err)
 			}
 			for _, more := range []string{"\r\n", "\n", " ", "0", "\x00"} {
-				if _, _, err2 := Parse(append(b[:len(b):len(b)], more...)); err2 == nil || errors.Is(err2, ErrIncomplete) {
-					t.Fatalf("Parse(%q) = %v but Parse(%q) = %v", b, err, string(b)+more, err2)
+				if _, _, err2 := parse(append(b[:len(b):len(b)], more...)); err2 == nil || errors.Is(err2, errIncomplete) {
+					t.Fatalf("parse(%q) = %v but parse(%q) = %v", b, err, string(b)+more, err2)
 				}
 			}
 			return
 		}
 
 		if n <= 0 || n > len(b) || n > maxHeaderLen {
-			t.Fatalf("Parse(%q) length %d out of range", b, n)
+			t.Fatalf("parse(%q) length %d out of range", b, n)
 		}
-		if h2, n2, err2 := Parse(b[:n]); h2 != h || n2 != n || err2 != nil {
-			t.Fatalf("Parse(header only) = %+v, %d, %v; Parse(%q) = %+v, %d", h2, n2, err2, b, h, n)
+		if h2, n2, err2 := parse(b[:n]); h2 != h || n2 != n || err2 != nil {
+			t.Fatalf("parse(header only) = %+v, %d, %v; parse(%q) = %+v, %d", h2, n2, err2, b, h, n)
 		}
 		for k := range n {
-			if _, _, err := Parse(b[:k]); !errors.Is(err, ErrIncomplete) {
-				t.Fatalf("Parse(%q) = %v for a prefix of header %q", b[:k], err, b[:n])
+			if _, _, err := parse(b[:k]); !errors.Is(err, errIncomplete) {
+				t.Fatalf("parse(%q) = %v for a prefix of header %q", b[:k], err, b[:n])
 			}
 		}
 		checkHeader(t, b[:n], h)
@@ -61,26 +61,26 @@ func FuzzParse(f *testing.F) {
 func checkHeader(t *testing.T, b []byte, h Header) {
 	t.Helper()
 	if h.Version != 1 && h.Version != 2 {
-		t.Fatalf("Parse(%q): version %d", b, h.Version)
+		t.Fatalf("parse(%q): version %d", b, h.Version)
 	}
 	if h.Source.IsValid() != h.Destination.IsValid() {
-		t.Fatalf("Parse(%q) = %+v: only one address valid", b, h)
+		t.Fatalf("parse(%q) = %+v: only one address valid", b, h)
 	}
 	if !h.Source.IsValid() {
 		return
 	}
 	if h.Command != Proxy {
-		t.Fatalf("Parse(%q) = %+v: addresses on a Local header", b, h)
+		t.Fatalf("parse(%q) = %+v: addresses on a Local header", b, h)
 	}
 	for _, a := range []netip.Addr{h.Source.Addr(), h.Destination.Addr()} {
 		if a.Is4In6() || a.Zone() != "" {
-			t.Fatalf("Parse(%q) = %+v: address not normalised", b, h)
+			t.Fatalf("parse(%q) = %+v: address not normalised", b, h)
 		}
 	}
 	enc := Append(nil, h.Version, h.Source, h.Destination)
-	h2, n2, err := Parse(enc)
+	h2, n2, err := parse(enc)
 	if err != nil || n2 != len(enc) || h2 != h {
-		t.Fatalf("Parse(%q) = %+v, but Parse(Append(...) = %q) = %+v, %d, %v", b, h, enc, h2, n2, err)
+		t.Fatalf("parse(%q) = %+v, but parse(Append(...) = %q) = %+v, %d, %v", b, h, enc, h2, n2, err)
 	}
 }
 

@@ -94,15 +94,15 @@ func TestParseValid(t *testing.T) {
 			// Bytes after the header belong to the payload and must not
 			// change the result.
 			for _, tail := range []string{"", "GET / HTTP/1.1\r\n", "\x00\xff", "PROXY TCP4"} {
-				h, n, err := Parse([]byte(tc.in + tail))
+				h, n, err := parse([]byte(tc.in + tail))
 				if err != nil {
-					t.Fatalf("Parse(%q) error: %v", tc.in+tail, err)
+					t.Fatalf("parse(%q) error: %v", tc.in+tail, err)
 				}
 				if n != len(tc.in) {
-					t.Errorf("Parse(%q) length = %d, want %d", tc.in+tail, n, len(tc.in))
+					t.Errorf("parse(%q) length = %d, want %d", tc.in+tail, n, len(tc.in))
 				}
 				if h != tc.want {
-					t.Errorf("Parse(%q) = %+v, want %+v", tc.in+tail, h, tc.want)
+					t.Errorf("parse(%q) = %+v, want %+v", tc.in+tail, h, tc.want)
 				}
 			}
 		})
@@ -113,8 +113,8 @@ func TestParseEveryPrefixIncomplete(t *testing.T) {
 	for _, tc := range validCases() {
 		t.Run(tc.name, func(t *testing.T) {
 			for k := range len(tc.in) {
-				if _, n, err := Parse([]byte(tc.in[:k])); !errors.Is(err, ErrIncomplete) || n != 0 {
-					t.Fatalf("Parse(%q) = %d, %v; want 0, ErrIncomplete", tc.in[:k], n, err)
+				if _, n, err := parse([]byte(tc.in[:k])); !errors.Is(err, errIncomplete) || n != 0 {
+					t.Fatalf("parse(%q) = %d, %v; want 0, errIncomplete", tc.in[:k], n, err)
 				}
 			}
 		})
@@ -180,15 +180,15 @@ func TestParseMalformed(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			h, n, err := Parse([]byte(tc.in))
-			if err == nil || errors.Is(err, ErrIncomplete) {
-				t.Fatalf("Parse(%q) = %+v, %d, %v; want a malformed error", tc.in, h, n, err)
+			h, n, err := parse([]byte(tc.in))
+			if err == nil || errors.Is(err, errIncomplete) {
+				t.Fatalf("parse(%q) = %+v, %d, %v; want a malformed error", tc.in, h, n, err)
 			}
-			if !errors.Is(err, ErrMalformed) {
-				t.Errorf("Parse(%q) error %v does not wrap ErrMalformed", tc.in, err)
+			if !errors.Is(err, errMalformed) {
+				t.Errorf("parse(%q) error %v does not wrap errMalformed", tc.in, err)
 			}
 			if n != 0 || h != (Header{}) {
-				t.Errorf("Parse(%q) = %+v, %d with error; want zero values", tc.in, h, n)
+				t.Errorf("parse(%q) = %+v, %d with error; want zero values", tc.in, h, n)
 			}
 			t.Log(err)
 		})
@@ -201,12 +201,12 @@ func TestParseV2UpToProtocolLimit(t *testing.T) {
 	for _, size := range []int{4096, 4097, 65535} {
 		t.Run(fmt.Sprint(size), func(t *testing.T) {
 			in := v2(0x21, famTCP6, -1, inet6("2001:db8::1", "2001:db8::2", 1, 2), make([]byte, size-addrLenInet6))
-			h, n, err := Parse(append(in, "tail"...))
+			h, n, err := parse(append(in, "tail"...))
 			if err != nil || n != v2HeaderLen+size {
-				t.Fatalf("Parse = %+v, %d, %v; want a %d-byte header", h, n, err, v2HeaderLen+size)
+				t.Fatalf("parse = %+v, %d, %v; want a %d-byte header", h, n, err, v2HeaderLen+size)
 			}
 			if want := (Header{2, Proxy, ap("[2001:db8::1]:1"), ap("[2001:db8::2]:2")}); h != want {
-				t.Errorf("Parse = %+v, want %+v", h, want)
+				t.Errorf("parse = %+v, want %+v", h, want)
 			}
 		})
 	}

@@ -12,6 +12,9 @@
 // and a peer may encode an IPv4 client either way; unmapping makes the
 // address compare equal to plain IPv4 prefixes in allow/deny lists and
 // hash to the same balancer key however it arrived.
+//
+// Nothing here is Linux-only: Read peeks with recv(2)'s MSG_PEEK, which
+// every Unix system has.
 package proxyproto
 
 import (
@@ -20,17 +23,17 @@ import (
 	"net/netip"
 )
 
-// maxHeaderLen is the longest header Parse accepts in either version.
+// maxHeaderLen is the longest header parse accepts in either version.
 const maxHeaderLen = v2HeaderLen + v2MaxPayload
 
-// ErrIncomplete is returned by Parse when its input is a valid prefix of
+// errIncomplete is returned by parse when its input is a valid prefix of
 // a header and more bytes are needed to finish it.
-var ErrIncomplete = errors.New("proxyproto: incomplete header")
+var errIncomplete = errors.New("proxyproto: incomplete header")
 
-// ErrMalformed is wrapped by every error that reports a header which is
+// errMalformed is wrapped by every error that reports a header which is
 // not valid PROXY protocol, as opposed to a timeout or a closed
-// connection, so callers can count and log the two apart.
-var ErrMalformed = errors.New("proxyproto: malformed header")
+// connection.
+var errMalformed = errors.New("proxyproto: malformed header")
 
 // Command is what a header asks the receiver to do with its addresses.
 type Command uint8
@@ -62,19 +65,19 @@ type Header struct {
 	Source, Destination netip.AddrPort
 }
 
-// Parse parses a header at the start of b and returns it with its length
+// parse parses a header at the start of b and returns it with its length
 // in bytes; bytes after the header do not affect the result. If b is a
-// valid prefix of a header that needs more bytes, Parse returns
-// ErrIncomplete; if b cannot start a valid header, it returns an error
-// wrapping ErrMalformed that names the fault. The length is 0 whenever
+// valid prefix of a header that needs more bytes, parse returns
+// errIncomplete; if b cannot start a valid header, it returns an error
+// wrapping errMalformed that names the fault. The length is 0 whenever
 // the error is non-nil.
 //
-// Parse rejects a malformed prefix as soon as it sees it, so a reader
+// parse rejects a malformed prefix as soon as it sees it, so a reader
 // waiting for more bytes gives up on garbage at once instead of at its
 // deadline.
-func Parse(b []byte) (Header, int, error) {
+func parse(b []byte) (Header, int, error) {
 	if len(b) == 0 {
-		return Header{}, 0, ErrIncomplete
+		return Header{}, 0, errIncomplete
 	}
 	// The two signatures differ in their first byte.
 	switch b[0] {
@@ -86,16 +89,16 @@ func Parse(b []byte) (Header, int, error) {
 	return Header{}, 0, malformed("no PROXY protocol signature (first byte %#02x)", b[0])
 }
 
-// parseHead is Parse for a reader that consumes the header itself: it
+// parseHead is parse for a reader that consumes the header itself: it
 // needs only the head of a version 2 header (at most v2MaxHead bytes,
 // the TLVs after the addresses excluded) and returns the length of the
 // whole header, which may be longer than b. A version 1 header is
-// parsed whole, as by Parse.
+// parsed whole, as by parse.
 func parseHead(b []byte) (Header, int, error) {
 	if len(b) > 0 && b[0] == v2Signature[0] {
 		return parseV2Head(b)
 	}
-	return Parse(b)
+	return parse(b)
 }
 
 // Append appends to b the header for version (1 or 2) describing a
@@ -120,9 +123,9 @@ func Append(b []byte, version int, src, dst netip.AddrPort) []byte {
 	panic(fmt.Sprintf("proxyproto: Append: unsupported version %d", version))
 }
 
-// malformed returns an error wrapping ErrMalformed.
+// malformed returns an error wrapping errMalformed.
 func malformed(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, args...)...)
+	return fmt.Errorf("%w: "+format, append([]any{errMalformed}, args...)...)
 }
 
 // endpoints normalises src and dst for encoding and reports whether both

@@ -35,7 +35,7 @@ var _ [peekLen - max(v1MaxLen, v2MaxHead)]struct{}
 // bounded whatever length the header declares. It must not run
 // concurrently with other reads of c.
 //
-// The error wraps ErrMalformed for an invalid header,
+// The error wraps errMalformed for an invalid header,
 // os.ErrDeadlineExceeded when the deadline passes first, and
 // io.ErrUnexpectedEOF when the client closes before sending a header. A
 // client that sends part of a header and then closes is reported at the
@@ -124,7 +124,7 @@ func (p *peeker) onReadable(fd uintptr) bool {
 		case err == nil:
 			p.h, p.n = h, hn
 			return true
-		case !errors.Is(err, ErrIncomplete):
+		case !errors.Is(err, errIncomplete):
 			p.err = err
 			return true
 		case n < len(p.buf):

@@ -20,7 +20,7 @@ func parseV1(b []byte) (Header, int, error) {
 		if string(b) != v1Prefix[:len(b)] {
 			return Header{}, 0, malformed("v1: bad signature %q", b)
 		}
-		return Header{}, 0, ErrIncomplete
+		return Header{}, 0, errIncomplete
 	}
 	if string(b[:len(v1Prefix)]) != v1Prefix {
 		return Header{}, 0, malformed("v1: bad signature %q", b[:len(v1Prefix)])
@@ -40,7 +40,7 @@ func parseV1(b []byte) (Header, int, error) {
 	if err := checkV1Prefix(line[len(v1Prefix):]); err != nil {
 		return Header{}, 0, err
 	}
-	return Header{}, 0, ErrIncomplete
+	return Header{}, 0, errIncomplete
 }
 
 // parseV1Line parses the text between "PROXY " and CRLF.

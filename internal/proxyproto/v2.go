@@ -37,7 +37,7 @@ const (
 func parseV2(b []byte) (Header, int, error) {
 	h, total, err := parseV2Head(b)
 	if err == nil && len(b) < total {
-		return Header{}, 0, ErrIncomplete
+		return Header{}, 0, errIncomplete
 	}
 	return h, total, err
 }
@@ -49,19 +49,19 @@ const v2MaxHead = v2HeaderLen + addrLenUnix
 // parseV2Head parses a version 2 header from its head alone, the fixed
 // part and the address block, at most v2MaxHead bytes, and returns it
 // with the length of the whole header; the TLVs after the addresses are
-// counted in that length and not looked at. Errors are as Parse's.
+// counted in that length and not looked at. Errors are as parse's.
 func parseV2Head(b []byte) (Header, int, error) {
 	if len(b) < len(v2Signature) {
 		if string(b) != v2Signature[:len(b)] {
 			return Header{}, 0, malformed("v2: bad signature % x", b)
 		}
-		return Header{}, 0, ErrIncomplete
+		return Header{}, 0, errIncomplete
 	}
 	if string(b[:len(v2Signature)]) != v2Signature {
 		return Header{}, 0, malformed("v2: bad signature % x", b[:len(v2Signature)])
 	}
 	if len(b) < 13 {
-		return Header{}, 0, ErrIncomplete
+		return Header{}, 0, errIncomplete
 	}
 	verCmd := b[12]
 	if v := verCmd >> 4; v != v2Version {
@@ -72,7 +72,7 @@ func parseV2Head(b []byte) (Header, int, error) {
 		return Header{}, 0, malformed("v2: unknown command %#x", uint8(cmd))
 	}
 	if len(b) < 14 {
-		return Header{}, 0, ErrIncomplete
+		return Header{}, 0, errIncomplete
 	}
 	fam := b[13]
 	// A LOCAL header's family is to be ignored, so only PROXY checks it.
@@ -91,14 +91,14 @@ func parseV2Head(b []byte) (Header, int, error) {
 		}
 	}
 	if len(b) < v2HeaderLen {
-		return Header{}, 0, ErrIncomplete
+		return Header{}, 0, errIncomplete
 	}
 	n := int(binary.BigEndian.Uint16(b[14:16]))
 	if n < addrLen {
 		return Header{}, 0, malformed("v2: length %d too short for family %#02x (%d address bytes)", n, fam, addrLen)
 	}
 	if len(b) < v2HeaderLen+addrLen {
-		return Header{}, 0, ErrIncomplete
+		return Header{}, 0, errIncomplete
 	}
 	total := v2HeaderLen + n
 	h := Header{Version: 2, Command: cmd}

@@ -49,7 +49,7 @@ var benchModes = []struct {
 func BenchmarkThroughput(b *testing.B) {
 	for _, bm := range benchModes {
 		b.Run(bm.name, func(b *testing.B) {
-			benchStream(b, bm.mode, NewIdle(bm.idle))
+			benchStream(b, bm.mode, newIdle(bm.idle))
 		})
 	}
 }
@@ -113,7 +113,7 @@ func cpuTime(b *testing.B) time.Duration {
 func BenchmarkPingPong(b *testing.B) {
 	for _, bm := range benchModes {
 		b.Run(bm.name, func(b *testing.B) {
-			benchPingPong(b, bm.mode, NewIdle(bm.idle), 64)
+			benchPingPong(b, bm.mode, newIdle(bm.idle), 64)
 		})
 	}
 }

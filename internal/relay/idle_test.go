@@ -27,7 +27,7 @@ func waitClosed(t *testing.T, c *net.TCPConn) time.Duration {
 
 func TestIdleTimeout(t *testing.T) {
 	ln := listen(t)
-	idle := NewIdle(testIdle)
+	idle := newIdle(testIdle)
 	client, _, p := setup(t, ln, modeRelay, idle)
 	if d := waitClosed(t, client); d < testIdle {
 		t.Errorf("idle pair closed after %v, before the %v timeout", d, testIdle)
@@ -48,7 +48,7 @@ func TestIdleTimeout(t *testing.T) {
 // so the pair is idle, and expiring it must unblock the writer too.
 func TestIdleTimeoutStuckWriter(t *testing.T) {
 	ln := listen(t)
-	idle := NewIdle(testIdle)
+	idle := newIdle(testIdle)
 	client, server, p := setup(t, ln, modeRelay, idle)
 	// Fill the server->client path until the server's own write blocks.
 	sent := sendAndClose(server, 1<<30, 6)
@@ -71,7 +71,7 @@ func TestIdleOneWayTraffic(t *testing.T) {
 	ln := listen(t)
 	for _, dir := range []string{"client->server", "server->client"} {
 		t.Run(dir, func(t *testing.T) {
-			idle := NewIdle(testIdle)
+			idle := newIdle(testIdle)
 			client, server, p := setup(t, ln, modeRelay, idle)
 			from, to := client, server
 			if dir == "server->client" {
@@ -125,8 +125,8 @@ func TestIdleOneWayTraffic(t *testing.T) {
 
 func TestNewIdleNonPositive(t *testing.T) {
 	for _, d := range []time.Duration{0, -time.Second} {
-		if i := NewIdle(d); i != nil || i.TimedOut() {
-			t.Errorf("NewIdle(%v) = %v, want nil (no timeout)", d, i)
+		if i := newIdle(d); i != nil || i.TimedOut() {
+			t.Errorf("newIdle(%v) = %v, want nil (no timeout)", d, i)
 		}
 	}
 }
@@ -207,7 +207,7 @@ func TestHalfCloseTimeout(t *testing.T) {
 // is stopped (see TestReset).
 func TestStopOnFailure(t *testing.T) {
 	ln := listen(t)
-	idle := NewIdle(time.Hour)
+	idle := newIdle(time.Hour)
 	client, _, p := setup(t, ln, modeRelay, idle)
 	if err := client.SetLinger(0); err != nil {
 		t.Fatal(err)

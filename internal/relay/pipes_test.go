@@ -136,7 +136,7 @@ func testIdleHoldsNoPipes(t *testing.T) {
 		base, start := pipes(t), time.Now()
 		for range pairs {
 			// With an Idle, as in production: deadlines must not pin pipes either.
-			client, server, _ := setup(t, ln, tc.mode, NewIdle(time.Hour))
+			client, server, _ := setup(t, ln, tc.mode, newIdle(time.Hour))
 			exchange(t, client, server, tc.msgSize)
 			exchange(t, server, client, tc.msgSize)
 		}

@@ -11,6 +11,12 @@
 // without a pipe or a buffer, then moves exactly what the kernel has
 // queued: small messages by read+write, bulk data by splice. The same loop
 // counts bytes and drives an optional idle timeout.
+//
+// Linux-only: bulk data by splice(2) of what SIOCINQ says is queued
+// (wait_linux.go), and a stalled writer's progress read from TCP_INFO and
+// SIOCOUTQ (progress_linux.go). On other Unix systems every chunk is a
+// read and a write of at most 32 KiB, and a write in progress does not
+// count as activity for the idle clock.
 package relay
 
 import (
@@ -21,6 +27,9 @@ import (
 	"os"
 	"sync/atomic"
 )
+
+// io.Copy, in the library's relay, finds WriteTo only through io.WriterTo.
+var _ io.WriterTo = (*Conn)(nil)
 
 // Conn is a *net.TCPConn whose WriteTo relays to w without holding a
 // splice pipe while the connection is idle.

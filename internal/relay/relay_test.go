@@ -86,7 +86,7 @@ func TestRelayBytes(t *testing.T) {
 				if testing.Short() && sz.n > 1<<20 {
 					t.Skip("large transfer in -short mode")
 				}
-				client, server, p := setup(t, ln, m.mode, NewIdle(m.idle))
+				client, server, p := setup(t, ln, m.mode, newIdle(m.idle))
 				// Both directions at once, each ended by a half-close.
 				up := sendAndClose(client, sz.n, 1)
 				down := sendAndClose(server, sz.n, 2)
@@ -243,7 +243,7 @@ func TestDeadlinesUntouchedWithoutIdle(t *testing.T) {
 		wantDeadline bool
 	}{
 		{"nil idle", nil, true},
-		{"idle", NewIdle(time.Hour), false},
+		{"idle", newIdle(time.Hour), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			peer, c := connPair(t, ln)

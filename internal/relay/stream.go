@@ -18,7 +18,7 @@ import (
 // read short of streamSize: the rest of a record read in part is one,
 // and bulk data would then alternate between a 1 KiB and a 15 KiB
 // write.) So a stream idle after small messages holds streamSmall bytes,
-// not streamSize: 16 KiB less per idle terminated connection; one idle
+// not streamSize: 15 KiB less per idle terminated connection; one idle
 // right after bulk data may still hold the big one.
 const (
 	streamSize  = 16 << 10
@@ -29,6 +29,8 @@ var streamBufs = sync.Pool{New: func() any {
 	b := make([]byte, streamSize)
 	return &b
 }}
+
+var _ io.WriterTo = (*Stream)(nil)
 
 // Stream is one side of a relayed pair whose bytes pass through a layer
 // that must see them, such as a *tls.Conn: they cannot be spliced, so

@@ -136,7 +136,7 @@ func TestStreamCutSendsNoCloseNotify(t *testing.T) {
 		end       func(server *net.TCPConn)
 		wantAlert bool
 	}{
-		{"idle timeout", NewIdle(testIdle), func(*net.TCPConn) {}, false},
+		{"idle timeout", newIdle(testIdle), func(*net.TCPConn) {}, false},
 		{"server finished", nil, func(s *net.TCPConn) { s.CloseWrite() }, true},
 	}
 	for _, tt := range tests {

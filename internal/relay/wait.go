@@ -5,34 +5,25 @@ import (
 	"io"
 	"sync"
 	"syscall"
-	"unsafe"
 )
 
-// Chunk sizes, picked with this package's benchmarks on loopback (Linux
-// 6.18, 2 shared vCPUs, so figures are medians of noisy runs).
+// Chunk sizes, picked with this package's benchmarks on loopback; the
+// figures and their commands are in BENCHMARKS.md ("Relay chunk sizes").
 //
 // smallSize is the read+write buffer; a read that fills it marks the
-// stream as bulk. BenchmarkChunkCost times moving one queued chunk:
-// read+write vs SIOCINQ+splice in+splice out took 9.2 vs 12.4 us at 512 B,
-// 9.7 vs 12.0 at 4 KiB, 10.7 vs 15.4 at 16 KiB, 10.0 vs 10.6 at 32 KiB,
-// and at 64 KiB runs disagreed. Copying is never worse up to 32 KiB (one
-// syscall fewer, no pipe), so that is the cut-over, the same size as
-// io.Copy's buffer. Sustained streams are where splice pays:
-// BenchmarkThroughput spends 1780 CPU-us/MiB copying in user space against
-// 1095 for a Conn.
+// stream as bulk. BenchmarkChunkCost times moving one queued chunk by
+// read+write and by SIOCINQ+splice in+splice out: copying was never
+// slower up to 32 KiB (one syscall fewer, no pipe), so that is the
+// cut-over, the same size as io.Copy's buffer. Sustained streams are
+// where splice pays (BenchmarkThroughput).
 //
-// maxChunk caps one splice. In BenchmarkThroughput a Conn spent 1888,
-// 1375, 1202 and 1160 CPU-us/MiB with caps of 64 KiB, 256 KiB, 1 MiB and
-// 4 MiB: the per-chunk SIOCINQ, pipe and deadline bookkeeping stops
-// mattering at 1 MiB, which is also what Go moves per splice(2).
+// maxChunk caps one splice: past 1 MiB the per-chunk SIOCINQ, pipe and
+// deadline bookkeeping stopped mattering in BenchmarkThroughput, and
+// 1 MiB is also what Go moves per splice(2).
 const (
 	smallSize = 32 << 10
 	maxChunk  = 1 << 20
 )
-
-// siocinq is SIOCINQ (FIONREAD) from linux/sockios.h: bytes queued for
-// reading on a TCP socket, not counting a received FIN.
-const siocinq = 0x541B
 
 // smallBufs holds the read+write buffers. A buffer is only taken once data
 // is known to be ready, so idle connections hold none.
@@ -67,7 +58,7 @@ type waiter struct {
 }
 
 func newWaiter(rc syscall.RawConn, canBulk bool) *waiter {
-	w := &waiter{rc: rc, canBulk: canBulk}
+	w := &waiter{rc: rc, canBulk: canBulk && spliceQueued}
 	w.ready = w.onReadable
 	return w
 }
@@ -140,14 +131,6 @@ func (w *waiter) flush(dst io.Writer) (int64, error) {
 		return int64(n), fmt.Errorf("relay: %w", w.err)
 	}
 	return int64(n), nil
-}
-
-func (w *waiter) ioctlInq(fd uintptr) error {
-	_, _, e := syscall.Syscall(syscall.SYS_IOCTL, fd, siocinq, uintptr(unsafe.Pointer(&w.inq)))
-	if e != 0 {
-		return e
-	}
-	return nil
 }
 
 func readFD(fd uintptr, p []byte) (int, error) {

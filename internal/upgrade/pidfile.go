@@ -44,18 +44,31 @@ func WritePIDFile(path string) error {
 	return nil
 }
 
+// ReadPIDFile returns the process id written in the PID file at path.
+func ReadPIDFile(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("upgrade: read pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(string(bytes.TrimSpace(data)))
+	if err != nil {
+		return 0, fmt.Errorf("upgrade: read pid file %s: %w", path, err)
+	}
+	return pid, nil
+}
+
 // RemovePIDFile removes path if it still holds this process's id. After
 // an upgrade the file names the child, and the old process, exiting after
 // its drain, must leave it alone. A missing file is not an error.
 func RemovePIDFile(path string) error {
-	data, err := os.ReadFile(path)
+	pid, err := ReadPIDFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, strconv.ErrSyntax) {
 		return fmt.Errorf("upgrade: remove pid file %s: %w", path, err)
 	}
-	if string(bytes.TrimSpace(data)) != strconv.Itoa(os.Getpid()) {
+	if pid != os.Getpid() {
 		return nil
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {

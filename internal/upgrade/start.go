@@ -17,9 +17,9 @@ import (
 	"time"
 )
 
-// ErrInProgress is returned by Start while another Start of the same
+// errInProgress is returned by Start while another Start of the same
 // process runs.
-var ErrInProgress = errors.New("upgrade already in progress")
+var errInProgress = errors.New("upgrade already in progress")
 
 // exitGrace is how long a child that closed the ready pipe without
 // signalling gets to finish exiting before it is killed: its own exit
@@ -52,7 +52,7 @@ var self upgrader
 // child's copies of the sockets open) and drains its connections. The
 // returned process is not waited for; the caller may Wait on it. Once a
 // Start succeeded, later calls fail: this process has handed its sockets
-// over. While one Start runs, others return ErrInProgress.
+// over. While one Start runs, others return errInProgress.
 func Start(ctx context.Context, listeners map[string]*net.TCPListener, timeout time.Duration) (*os.Process, error) {
 	return self.start(ctx, listeners, timeout)
 }
@@ -78,7 +78,7 @@ func (u *upgrader) begin() error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.running {
-		return ErrInProgress
+		return errInProgress
 	}
 	if u.handedTo != 0 {
 		return fmt.Errorf("upgrade: listeners already handed to process %d", u.handedTo)

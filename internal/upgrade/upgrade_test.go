@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -199,11 +198,7 @@ func assertGone(t *testing.T, pid int) {
 
 func readPID(t *testing.T, path string) int {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	pid, err := ReadPIDFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,7 +315,7 @@ func TestHandoff(t *testing.T) {
 	}
 
 	_, err = u.start(context.Background(), map[string]*net.TCPListener{addrA: lnA}, time.Second)
-	if err == nil || errors.Is(err, ErrInProgress) || !strings.Contains(err.Error(), "already handed") {
+	if err == nil || errors.Is(err, errInProgress) || !strings.Contains(err.Error(), "already handed") {
 		t.Fatalf("Start after a handoff: %v, want already handed", err)
 	}
 }
@@ -413,8 +408,8 @@ func TestConcurrentStart(t *testing.T) {
 	}()
 	waitUntil(t, "the first child", fileExists(pidFile))
 
-	if _, err := u.start(context.Background(), lns, time.Second); !errors.Is(err, ErrInProgress) {
-		t.Fatalf("second Start: %v, want %v", err, ErrInProgress)
+	if _, err := u.start(context.Background(), lns, time.Second); !errors.Is(err, errInProgress) {
+		t.Fatalf("second Start: %v, want %v", err, errInProgress)
 	}
 
 	cancel()
@@ -430,7 +425,7 @@ func TestConcurrentStart(t *testing.T) {
 
 	// The failed upgrade released the lock.
 	t.Setenv(helperModeEnv, "exit")
-	if _, err := u.start(context.Background(), lns, 20*time.Second); err == nil || errors.Is(err, ErrInProgress) {
+	if _, err := u.start(context.Background(), lns, 20*time.Second); err == nil || errors.Is(err, errInProgress) {
 		t.Fatalf("Start after a failed one: %v, want the child's exit", err)
 	}
 }
