@@ -214,6 +214,11 @@ func TestBinaryTermDuringUpgrade(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "tcpproxy.pid")
 	path := writeConfig(t, "shutdown_timeout: 30s\napps:\n"+appYAML("web", []int{port}, []string{be.addr}, ""))
 	oldProc, out := startBinary(t, port, "-c", path, "-pid-file", pidFile, "-pprof", pprofAddr)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", out)
+		}
+	})
 	waitFor(t, 5*time.Second, "the pid file", func() bool { return readPIDFile(pidFile) == oldProc.Pid })
 	held := heldEcho(t, port, "before")
 	oldProc.Signal(syscall.SIGUSR2)
