@@ -45,6 +45,9 @@ type failoverTarget struct {
 	stats   *appStats
 	past    map[string]*targetState // targets of earlier generations that this one lacks; see commit
 	tls     *appTLS                 // nil: no TLS (tls.go)
+	// keepAliveAtAccept is set when every listening socket of the app
+	// carries its keepalive, so its clients come with it (keepalive.go).
+	keepAliveAtAccept bool
 
 	// panicHook, when set by a test, runs inside HandleConn to inject a
 	// panic where a real bug would strike.
@@ -101,16 +104,14 @@ func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, co
 		return nil, err
 	}
 	ft := &failoverTarget{
-		app:   app,
-		ctx:   ctx,
-		log:   log.With("app", app.Name),
-		pool:  pool,
-		conns: conns,
-		tls:   appTLS,
-		stats: &appStats{},
-		// Keepalive is set once by relay.SetKeepAlive, not also by the
-		// dialer's default.
-		dialer: net.Dialer{Timeout: app.DialTimeout, KeepAlive: -1},
+		app:    app,
+		ctx:    ctx,
+		log:    log.With("app", app.Name),
+		pool:   pool,
+		conns:  conns,
+		tls:    appTLS,
+		stats:  &appStats{},
+		dialer: targetDialer(app),
 	}
 	old := map[string]*targetState{}
 	if prev != nil {
@@ -264,8 +265,9 @@ func (s *session) connect() (*net.TCPConn, string) {
 // while the connection lasts.
 func (s *session) relay(target *net.TCPConn) {
 	app := s.ft.app
-	relay.SetKeepAlive(s.client, app.KeepAlive) // DialProxy cannot unwrap a relay.Conn to do it
-	relay.SetKeepAlive(target, app.KeepAlive)
+	if !s.ft.keepAliveAtAccept {
+		relay.SetKeepAlive(s.client, app.KeepAlive) // DialProxy cannot unwrap a relay.Conn to do it
+	}
 	idle := relay.NewTimeouts(app.IdleTimeout, app.HalfCloseTimeout)
 	client, dst := s.relayEnds(target, idle)
 	var src net.Conn = client

@@ -131,6 +131,7 @@ func (s *proxyServer) apply(cfg *config) (reloadSummary, error) {
 		return reloadSummary{}, err
 	}
 	tables := buildTables(gen)
+	markKeepAliveAtAccept(gen, tables)
 	s.reviveRetiring(tables)
 	want := s.withAliases(tables)
 	opened, err := s.openRoutes(want)
@@ -377,6 +378,7 @@ func (s *proxyServer) commitRoutes(want, tables map[string]*routeTable, opened m
 		switch {
 		case opened[addr] != nil:
 		case want[addr] != nil:
+			applyKeepAlive(r.ln, want[addr], r.log)
 			r.table.Store(want[addr])
 		default:
 			r.retire()
