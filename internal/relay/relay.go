@@ -27,10 +27,11 @@ import (
 //
 // io.Copy(dst, src) asks src for io.WriterTo first, so a Conn used as the
 // source of inetaf/tcpproxy's io.Copy decides how bytes move. CloseWrite
-// is its own (no FIN after a stop that cut the stream, see CloseWrite);
-// everything else (CloseRead, ReadFrom, deadlines) is promoted from the
-// embedded *net.TCPConn, which keeps the library's half-close handling and
-// lets a Conn be the splice destination of another Conn.
+// is its own (no FIN after a stop that cut the stream, see CloseWrite),
+// and so is CloseRead (no system call once the read side is finished);
+// everything else (ReadFrom, deadlines) is promoted from the embedded
+// *net.TCPConn, which keeps the library's half-close handling and lets a
+// Conn be the splice destination of another Conn.
 //
 // WriteTo must not be called concurrently with itself or with Read.
 type Conn struct {
@@ -38,6 +39,7 @@ type Conn struct {
 
 	idle     *Idle
 	read     atomic.Int64 // bytes WriteTo has moved from this socket to w
+	eof      atomic.Bool  // WriteTo read EOF: the read side is finished
 	panicked any          // what WriteTo recovered from; see Panicked
 }
 
@@ -98,6 +100,20 @@ func (c *Conn) CloseWrite() error {
 	return c.TCPConn.CloseWrite()
 }
 
+// CloseRead shuts down reading on c, as the library's relay does when
+// the copy from c ends. After WriteTo read EOF there is nothing left to
+// shut: the peer's FIN is in, reads return EOF anyway, and on Linux
+// shutdown(SHUT_RD) sends nothing, so CloseRead returns nil without the
+// system call (one per connection, and a second that fails with ENOTCONN
+// when both directions are done). After an error it shuts down as
+// before.
+func (c *Conn) CloseRead() error {
+	if c.eof.Load() {
+		return nil
+	}
+	return c.TCPConn.CloseRead()
+}
+
 // Panicked returns what a WriteTo that has returned panicked with, or
 // nil. The caller must know that WriteTo returned (DialProxy.HandleConn
 // returns after both of its copies).
@@ -133,6 +149,7 @@ func (c *Conn) writeTo(w io.Writer) (int64, error) {
 			}
 		} else {
 			if wt.n == 0 && wt.err == nil {
+				c.eof.Store(true)
 				return total, nil // EOF
 			}
 			n, err = wt.flush(w)
