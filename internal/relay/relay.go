@@ -41,6 +41,7 @@ type Conn struct {
 	read     atomic.Int64 // bytes WriteTo has moved from this socket to w
 	eof      atomic.Bool  // WriteTo read EOF: the read side is finished
 	panicked any          // what WriteTo recovered from; see Panicked
+	wt       waiter       // WriteTo's, here to save it an allocation
 }
 
 // New wraps c. Connections relayed as one pair should share idle; a nil
@@ -125,7 +126,8 @@ func (c *Conn) writeTo(w io.Writer) (int64, error) {
 		return 0, fmt.Errorf("relay: %w", err)
 	}
 	rf, canSplice := w.(io.ReaderFrom)
-	wt := newWaiter(rc, canSplice)
+	wt := &c.wt
+	wt.init(rc, canSplice)
 	wt.lr.R = c.TCPConn
 	dl := newDeadline(c.TCPConn, c.idle)
 
