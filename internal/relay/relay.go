@@ -90,12 +90,19 @@ func (c *Conn) WriteTo(w io.Writer) (n int64, err error) {
 }
 
 // CloseWrite half-closes c (the peer reads EOF), as the library's relay
-// does when the other direction ends, except after the pair was stopped
-// with bytes still in flight to c's peer: then no FIN is sent, and the
-// close that follows resets the connection (see Idle), so a cut stream
-// never looks complete.
+// does when the other direction ends, with two exceptions.
+//
+// After the pair was stopped with bytes still in flight to c's peer, no
+// FIN is sent, and the close that follows resets the connection (see
+// Idle), so a cut stream never looks complete.
+//
+// Once WriteTo has read EOF from c, the other direction was already
+// done: both are now, so the relay closes c next (DialProxy.HandleConn
+// closes both conns once both copies return), and that close sends the
+// FIN, since c's receive queue is empty after EOF. CloseWrite then
+// returns nil without the shutdown(2), one system call per connection.
 func (c *Conn) CloseWrite() error {
-	if c.idle.resetAfterStop(c.TCPConn) {
+	if c.idle.resetAfterStop(c.TCPConn) || c.eof.Load() {
 		return nil
 	}
 	return c.TCPConn.CloseWrite()

@@ -270,9 +270,9 @@ func TestDeadlinesUntouchedWithoutIdle(t *testing.T) {
 	}
 }
 
-// TestCloseReadAfterEOF checks that CloseRead makes no system call once
-// WriteTo has read EOF (on a closed socket, one would fail), and still
-// shuts the socket down before that.
+// TestCloseReadAfterEOF checks that CloseRead and CloseWrite make no
+// system call once WriteTo has read EOF (on a closed socket, one would
+// fail), and that CloseRead still shuts the socket down before that.
 func TestCloseReadAfterEOF(t *testing.T) {
 	ln := listen(t)
 	peer, sock := connPair(t, ln)
@@ -290,6 +290,9 @@ func TestCloseReadAfterEOF(t *testing.T) {
 	sock.Close()
 	if err := c.CloseRead(); err != nil {
 		t.Errorf("CloseRead after EOF: %v, want nil and no system call", err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Errorf("CloseWrite after EOF: %v, want nil and no system call (the close sends the FIN)", err)
 	}
 
 	_, sock2 := connPair(t, ln)
