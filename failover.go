@@ -45,6 +45,9 @@ type failoverTarget struct {
 	stats   *appStats
 	past    map[string]*targetState // targets of earlier generations that this one lacks; see commit
 	tls     *appTLS                 // nil: no TLS (tls.go)
+	// keepAliveAtAccept is set when every listening socket of the app
+	// carries its keepalive, so its clients come with it (keepalive.go).
+	keepAliveAtAccept bool
 }
 
 // targetState is the live state of one target of one app. It outlives
@@ -56,6 +59,7 @@ type targetState struct {
 	dials    atomic.Int64
 	failures atomic.Int64
 	drain    drainState // set through the admin API (drain.go)
+	literal  bool       // the address is an IP literal: see dialTarget
 }
 
 // appStats are an app's counters since start, shared by every
@@ -122,6 +126,8 @@ func newFailoverTarget(ctx context.Context, app *appConfig, log *slog.Logger, co
 		delete(ft.past, t.Address)
 		if ts == nil {
 			ts = &targetState{health: health.NewTarget(t.Address, ft.policy(), ft.log)}
+			_, err := netip.ParseAddrPort(t.Address)
+			ts.literal = err == nil
 		}
 		ft.targets = append(ft.targets, ts)
 	}
@@ -257,8 +263,9 @@ func (s *session) connect() (*net.TCPConn, string) {
 // while the connection lasts.
 func (s *session) relay(target *net.TCPConn) {
 	app := s.ft.app
-	relay.SetKeepAlive(s.client, app.KeepAlive) // DialProxy cannot unwrap a relay.Conn to do it
-	relay.SetKeepAlive(target, app.KeepAlive)
+	if !s.ft.keepAliveAtAccept {
+		relay.SetKeepAlive(s.client, app.KeepAlive) // DialProxy cannot unwrap a relay.Conn to do it
+	}
 	idle := relay.NewTimeouts(app.IdleTimeout, app.HalfCloseTimeout)
 	client, dst := s.relayEnds(target, idle)
 	var src net.Conn = client
@@ -342,7 +349,7 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 		attempts++
 		ts.dials.Add(1)
 		addr := ft.app.Targets[i].Address
-		c, err := ft.dialer.DialContext(ft.ctx, "tcp", addr)
+		c, err := ft.dialTarget(addr, ts.literal)
 		if err != nil && ft.ctx.Err() != nil {
 			return nil // aborted by shutdown: not the target's failure
 		}
@@ -394,6 +401,35 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 	errs.ErrorFormat = joinErrors
 	return nil, -1, attempts, errs
 }
+
+// dialTarget dials addr within the app's dial_timeout, or until the
+// proxy stops. An IP literal is dialed with a deadlineCtx rather than
+// the dialer's Timeout, which would build a context.WithDeadline, its
+// timer and its cancel registration for every dial: 7 allocations and
+// about 600 bytes.
+func (ft *failoverTarget) dialTarget(addr string, literal bool) (net.Conn, error) {
+	if !literal || ft.app.DialTimeout <= 0 || ft.ctx.Done() == nil {
+		return ft.dialer.DialContext(ft.ctx, "tcp", addr)
+	}
+	ctx := &deadlineCtx{Context: ft.ctx, at: time.Now().Add(ft.app.DialTimeout)}
+	return ft.dialer.DialContext(ctx, "tcp", addr)
+}
+
+// deadlineCtx is a cancellable context with a deadline and no timer of
+// its own. net's connect waits for the socket with its write deadline
+// set to Deadline (the poller's timer) as long as Done is not nil, and
+// registers its abort with the parent's cancellation directly, since
+// Done and Value are the parent's; the dialer's Timeout, no later than
+// Deadline, then adds no context. The deadline passing does not close
+// Done, so it suits only a dial that resolves nothing (a DNS lookup
+// waits on Done): IP literals.
+type deadlineCtx struct {
+	context.Context
+	at time.Time
+}
+
+// Deadline implements context.Context.
+func (c *deadlineCtx) Deadline() (time.Time, bool) { return c.at, true }
 
 // snapshot returns the app's state for metrics and the status page.
 func (ft *failoverTarget) snapshot() stats.App {

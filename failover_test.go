@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -458,5 +459,46 @@ func TestDownTargetTriedBeforeRefusing(t *testing.T) {
 	}
 	if !srv.appAt(0).targets[1].health.Up() {
 		t.Error("a successful last-resort dial did not mark the target up")
+	}
+}
+
+// TestDialTargetDeadline checks the two ways an IP-literal dial ends
+// without a timer of its own (deadlineCtx): at dial_timeout, as a
+// timeout, and when the proxy stops.
+func TestDialTargetDeadline(t *testing.T) {
+	hole := blackholeAddr(t)
+	log, _ := testLogger()
+	for _, tc := range []struct {
+		name    string
+		timeout time.Duration
+		stop    bool
+	}{
+		{"dial_timeout", 100 * time.Millisecond, false},
+		{"shutdown", time.Hour, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			app := &appConfig{Name: "hole", DialTimeout: tc.timeout, Targets: []targetConfig{{Address: hole, Weight: 1}}}
+			ft, err := newFailoverTarget(ctx, app, log, newConnSet(), appDialer(app), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ft.targets[0].literal {
+				t.Fatalf("%s not taken for an IP literal", hole)
+			}
+			if tc.stop {
+				time.AfterFunc(50*time.Millisecond, cancel) // before or during the dial: either must end it
+			}
+			c, err := ft.dialTarget(hole, true)
+			if err == nil {
+				c.Close()
+				t.Fatal("dial to a black hole succeeded")
+			}
+			var ne net.Error
+			if !tc.stop && !(errors.As(err, &ne) && ne.Timeout()) {
+				t.Errorf("dial error %v, want a timeout", err)
+			}
+		})
 	}
 }

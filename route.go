@@ -32,6 +32,12 @@ type routeTable struct {
 	owner       string // the first app on the address, for error messages
 
 	first *failoverTarget // the first app on the address (trust.go)
+
+	// keepAlive is the keepalive period (keepAlivePeriod) of the
+	// address's apps, carried by its listening socket, unless they
+	// disagree (keepAliveMixed): see keepalive.go.
+	keepAlive      time.Duration
+	keepAliveMixed bool
 }
 
 // routeShape is the set of library routes a table needs. A Proxy takes
@@ -66,6 +72,7 @@ func buildTables(gen []*failoverTarget) map[string]*routeTable {
 			}
 			t.preread = ft.app.PrereadTimeout
 			t.acceptProxy = ft.app.AcceptProxyProtocol
+			t.noteKeepAlive(ft.app)
 		}
 	}
 	for _, t := range tables {
@@ -192,6 +199,7 @@ func startRoute(addr string, t *routeTable, st *unroutedStats, conns *connSet, l
 			return nil, err
 		}
 		r.ln = ln
+		applyKeepAlive(ln, t, r.log)
 		return routeListener{ln, r}, nil
 	}
 	if r.shape.sni {

@@ -82,10 +82,11 @@ func prodEnv(listen func(network, addr string) (net.Listener, error)) serverEnv 
 	return serverEnv{listen: listen, dialer: appDialer}
 }
 
-// appDialer dials app's targets with its dial_timeout. Keepalive is set
-// once by relay.SetKeepAlive, not also by the dialer's default.
+// appDialer dials app's targets with its dial_timeout and keepalive
+// (targetDialer).
 func appDialer(app *appConfig) contextDialer {
-	return &net.Dialer{Timeout: app.DialTimeout, KeepAlive: -1}
+	d := targetDialer(app)
+	return &d
 }
 
 // newProxyServer returns a server with nothing listening; apply starts
@@ -151,6 +152,7 @@ func (s *proxyServer) apply(cfg *config) (reloadSummary, error) {
 		return reloadSummary{}, err
 	}
 	tables := buildTables(gen)
+	markKeepAliveAtAccept(gen, tables)
 	s.reviveRetiring(tables)
 	want := s.withAliases(tables)
 	opened, err := s.openRoutes(want)
@@ -399,6 +401,7 @@ func (s *proxyServer) commitRoutes(want, tables map[string]*routeTable, opened m
 		switch {
 		case opened[addr] != nil:
 		case want[addr] != nil:
+			applyKeepAlive(r.ln, want[addr], r.log)
 			r.table.Store(want[addr])
 		default:
 			r.retire()

@@ -211,6 +211,16 @@ func (ft *failoverTarget) accessLog(client *net.TCPConn, start time.Time, info *
 	if !ft.log.Enabled(context.Background(), level) {
 		return
 	}
+	ft.writeAccessLog(level, client, start, info)
+}
+
+// writeAccessLog writes the access-log line at level. It is apart from
+// accessLog so that the attributes' large frame is only pushed when the
+// line is written: within accessLog it grew the relay goroutine's stack
+// (a copy) for every connection even with the line off.
+//
+//go:noinline
+func (ft *failoverTarget) writeAccessLog(level slog.Level, client *net.TCPConn, start time.Time, info *connInfo) {
 	ft.log.LogAttrs(context.Background(), level, "connection",
 		slog.Int("port", int(addrPort(client.LocalAddr()).Port())),
 		slog.String("client", info.client.String()),

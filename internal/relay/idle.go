@@ -36,10 +36,16 @@ type Idle struct {
 	halfClosed atomic.Bool // one direction finished cleanly
 	stopped    atomic.Bool // shut down: idle, half-close timeout or a failed direction
 
-	mu    sync.Mutex
-	conns []*net.TCPConn // the pair, woken by expire
-	sent  []sendMark     // per conn, what its peer had acknowledged at the last check
-	reset []bool         // per conn, closed with RST: it had data in flight at a stop
+	mu      sync.Mutex
+	members []member  // the pair, woken by expire
+	pair    [2]member // members' backing array: a pair needs no allocation
+}
+
+// member is one conn of the pair and what Idle knows of it.
+type member struct {
+	conn  *net.TCPConn
+	sent  sendMark // what its peer had acknowledged at the last check
+	reset bool     // closed with RST: it had data in flight at a stop
 }
 
 // sendMark is what sendProgress saw of one conn at its last check.
@@ -64,7 +70,9 @@ func NewTimeouts(idle, halfClose time.Duration) *Idle {
 	if res == 0 || halfClose != 0 && halfClose < res {
 		res = halfClose
 	}
-	return &Idle{timeout: idle, halfClose: halfClose, res: res / 64, start: time.Now()}
+	i := &Idle{timeout: idle, halfClose: halfClose, res: res / 64, start: time.Now()}
+	i.members = i.pair[:0]
+	return i
 }
 
 // TimedOut reports whether the pair was shut down for idleness. It is
@@ -98,8 +106,8 @@ func (i *Idle) finish(err error) {
 	i.last.Store(int64(time.Since(i.start))) // the half-close phase starts now
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	for _, c := range i.conns {
-		c.SetReadDeadline(aLongTimeAgo) // re-armed by the waiter with the new limit
+	for _, m := range i.members {
+		m.conn.SetReadDeadline(aLongTimeAgo) // re-armed by the waiter with the new limit
 	}
 }
 
@@ -108,9 +116,7 @@ func (i *Idle) register(c *net.TCPConn) {
 		return
 	}
 	i.mu.Lock()
-	i.conns = append(i.conns, c)
-	i.sent = append(i.sent, sendMark{})
-	i.reset = append(i.reset, false)
+	i.members = append(i.members, member{conn: c})
 	i.mu.Unlock()
 }
 
@@ -124,12 +130,12 @@ func (i *Idle) sendProgress() bool {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	moved := false
-	for k, c := range i.conns {
-		acked, queued, ok := sendState(c)
+	for k := range i.members {
+		acked, queued, ok := sendState(i.members[k].conn)
 		if !ok {
 			continue
 		}
-		m := &i.sent[k]
+		m := &i.members[k].sent
 		if m.checked && acked != m.acked || !m.checked && queued > 0 {
 			moved = true
 		}
@@ -146,9 +152,9 @@ func (i *Idle) resetAfterStop(c *net.TCPConn) bool {
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	for k, rc := range i.conns {
-		if rc == c {
-			return i.reset[k]
+	for _, m := range i.members {
+		if m.conn == c {
+			return m.reset
 		}
 	}
 	return false
@@ -192,11 +198,12 @@ func (i *Idle) stop(idle bool) {
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	for k, c := range i.conns {
+	for k := range i.members {
+		c := i.members[k].conn
 		if _, queued, ok := sendState(c); ok && queued > 0 {
 			// Data the peer has not taken: a FIN would make the cut look
 			// like the end of the stream. Close with RST instead.
-			i.reset[k] = true
+			i.members[k].reset = true
 			c.SetLinger(0)
 		}
 		c.SetDeadline(aLongTimeAgo) // fails only if already closed

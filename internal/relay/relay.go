@@ -36,10 +36,11 @@ var _ io.WriterTo = (*Conn)(nil)
 //
 // io.Copy(dst, src) asks src for io.WriterTo first, so a Conn used as the
 // source of inetaf/tcpproxy's io.Copy decides how bytes move. CloseWrite
-// is its own (no FIN after a stop that cut the stream, see CloseWrite);
-// everything else (CloseRead, ReadFrom, deadlines) is promoted from the
-// embedded *net.TCPConn, which keeps the library's half-close handling and
-// lets a Conn be the splice destination of another Conn.
+// is its own (no FIN after a stop that cut the stream, see CloseWrite),
+// and so is CloseRead (no system call once the read side is finished);
+// everything else (ReadFrom, deadlines) is promoted from the embedded
+// *net.TCPConn, which keeps the library's half-close handling and lets a
+// Conn be the splice destination of another Conn.
 //
 // WriteTo must not be called concurrently with itself or with Read.
 type Conn struct {
@@ -47,7 +48,9 @@ type Conn struct {
 
 	idle     *Idle
 	read     atomic.Int64 // bytes WriteTo has moved from this socket to w
+	eof      atomic.Bool  // WriteTo read EOF: the read side is finished
 	panicked any          // what WriteTo recovered from; see Panicked
+	wt       waiter       // WriteTo's, here to save it an allocation
 }
 
 // New wraps c. Connections relayed as one pair should share idle; a nil
@@ -96,15 +99,36 @@ func (c *Conn) WriteTo(w io.Writer) (n int64, err error) {
 }
 
 // CloseWrite half-closes c (the peer reads EOF), as the library's relay
-// does when the other direction ends, except after the pair was stopped
-// with bytes still in flight to c's peer: then no FIN is sent, and the
-// close that follows resets the connection (see Idle), so a cut stream
-// never looks complete.
+// does when the other direction ends, with two exceptions.
+//
+// After the pair was stopped with bytes still in flight to c's peer, no
+// FIN is sent, and the close that follows resets the connection (see
+// Idle), so a cut stream never looks complete.
+//
+// Once WriteTo has read EOF from c, the other direction was already
+// done: both are now, so the relay closes c next (DialProxy.HandleConn
+// closes both conns once both copies return), and that close sends the
+// FIN, since c's receive queue is empty after EOF. CloseWrite then
+// returns nil without the shutdown(2), one system call per connection.
 func (c *Conn) CloseWrite() error {
-	if c.idle.resetAfterStop(c.TCPConn) {
+	if c.idle.resetAfterStop(c.TCPConn) || c.eof.Load() {
 		return nil
 	}
 	return c.TCPConn.CloseWrite()
+}
+
+// CloseRead shuts down reading on c, as the library's relay does when
+// the copy from c ends. After WriteTo read EOF there is nothing left to
+// shut: the peer's FIN is in, reads return EOF anyway, and on Linux
+// shutdown(SHUT_RD) sends nothing, so CloseRead returns nil without the
+// system call (one per connection, and a second that fails with ENOTCONN
+// when both directions are done). After an error it shuts down as
+// before.
+func (c *Conn) CloseRead() error {
+	if c.eof.Load() {
+		return nil
+	}
+	return c.TCPConn.CloseRead()
 }
 
 // Panicked returns what a WriteTo that has returned panicked with, or
@@ -118,7 +142,8 @@ func (c *Conn) writeTo(w io.Writer) (int64, error) {
 		return 0, fmt.Errorf("relay: %w", err)
 	}
 	rf, canSplice := w.(io.ReaderFrom)
-	wt := newWaiter(rc, canSplice)
+	wt := &c.wt
+	wt.init(rc, canSplice)
 	wt.lr.R = c.TCPConn
 	dl := newDeadline(c.TCPConn, c.idle)
 
@@ -142,6 +167,7 @@ func (c *Conn) writeTo(w io.Writer) (int64, error) {
 			}
 		} else {
 			if wt.n == 0 && wt.err == nil {
+				c.eof.Store(true)
 				return total, nil // EOF
 			}
 			n, err = wt.flush(w)

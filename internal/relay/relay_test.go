@@ -269,3 +269,36 @@ func TestDeadlinesUntouchedWithoutIdle(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseReadAfterEOF checks that CloseRead and CloseWrite make no
+// system call once WriteTo has read EOF (on a closed socket, one would
+// fail), and that CloseRead still shuts the socket down before that.
+func TestCloseReadAfterEOF(t *testing.T) {
+	ln := listen(t)
+	peer, sock := connPair(t, ln)
+	c := New(sock, nil)
+	if _, err := peer.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if err := peer.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	var got bytes.Buffer
+	if n, err := c.WriteTo(&got); err != nil || n != 5 || got.String() != "hello" {
+		t.Fatalf("WriteTo = %d, %v, %q; want 5, nil, hello", n, err, got.String())
+	}
+	sock.Close()
+	if err := c.CloseRead(); err != nil {
+		t.Errorf("CloseRead after EOF: %v, want nil and no system call", err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Errorf("CloseWrite after EOF: %v, want nil and no system call (the close sends the FIN)", err)
+	}
+
+	_, sock2 := connPair(t, ln)
+	c2 := New(sock2, nil)
+	sock2.Close()
+	if err := c2.CloseRead(); err == nil {
+		t.Error("CloseRead before EOF on a closed socket: nil, want the shutdown's error")
+	}
+}

@@ -52,6 +52,7 @@ type Stream struct {
 	raw      *net.TCPConn
 	idle     *Idle
 	read     atomic.Int64
+	eof      atomic.Bool // WriteTo read EOF: see CloseRead
 	panicked any
 }
 
@@ -121,6 +122,7 @@ func (s *Stream) writeTo(w io.Writer) (int64, error) {
 		}
 		switch {
 		case errors.Is(err, io.EOF):
+			s.eof.Store(true)
 			return total, nil
 		case err != nil && !dl.active(err):
 			return total, waitError(s.idle, err)
@@ -162,8 +164,14 @@ func (s *Stream) CloseWrite() error {
 	return errors.Join(err, s.raw.CloseWrite())
 }
 
-// CloseRead stops reading on the socket.
-func (s *Stream) CloseRead() error { return s.raw.CloseRead() }
+// CloseRead stops reading on the socket, unless WriteTo read EOF: then,
+// as for Conn.CloseRead, there is nothing left to stop.
+func (s *Stream) CloseRead() error {
+	if s.eof.Load() {
+		return nil
+	}
+	return s.raw.CloseRead()
+}
 
 // Close closes the layer (for TLS, a close_notify first) and the socket;
 // after a stop only the socket, so the peer does not take a cut stream

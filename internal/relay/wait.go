@@ -57,10 +57,10 @@ type waiter struct {
 	inq int32            // SIOCINQ result, kept here so it does not escape per call
 }
 
-func newWaiter(rc syscall.RawConn, canBulk bool) *waiter {
-	w := &waiter{rc: rc, canBulk: canBulk && spliceQueued}
+// init readies w to wait on rc.
+func (w *waiter) init(rc syscall.RawConn, canBulk bool) {
+	*w = waiter{rc: rc, canBulk: canBulk && spliceQueued}
 	w.ready = w.onReadable
-	return w
 }
 
 // wait blocks until data, EOF or an error is ready, keeping the read
