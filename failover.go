@@ -328,78 +328,108 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 	if len(order) == 0 {
 		return nil, -1, 0, errors.New("no target can take connections (every weight is 0)")
 	}
-	now := time.Now()
-	// The balancer puts a down target first only when every target is
-	// down; then each gets a try anyway rather than refusing the client.
-	force := !ft.targets[order[0]].health.Usable(now)
-	var (
-		errs     *multierror.Error
-		attempts int
-		triedBuf [64]bool
-	)
+	// tried is by target index. It is not a field of dialRun, so that the
+	// buffer stays on the stack.
+	var triedBuf [64]bool
 	tried := triedBuf[:0]
 	if n := len(ft.targets); n <= len(triedBuf) {
 		tried = triedBuf[:n]
 	} else {
 		tried = make([]bool, n)
 	}
-	try := func(i int) *net.TCPConn {
-		ts := ft.targets[i]
-		tried[i] = true
-		attempts++
-		ts.dials.Add(1)
-		addr := ft.app.Targets[i].Address
-		c, err := ft.dialTarget(addr, ts.literal)
-		if err != nil && ft.ctx.Err() != nil {
-			return nil // aborted by shutdown: not the target's failure
-		}
-		if err != nil {
-			now = time.Now()
-			errs = multierror.Append(errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
-			if localResourceError(err) {
-				return nil // out of descriptors here: not the target's failure
-			}
-			ts.failures.Add(1)
-			ts.health.Failure(now, err) // nothing with max_fails: 0 (passive health off)
-			return nil
-		}
-		ts.health.Success()
-		return c.(*net.TCPConn)
+	r := dialRun{ft: ft, now: time.Now()}
+	if c, i := r.inOrder(order, tried); c != nil {
+		return c, i, r.attempts, nil
 	}
-	limit := func() bool {
-		return ft.app.MaxAttempts > 0 && attempts >= ft.app.MaxAttempts || ft.ctx.Err() != nil // or shutting down
+	if c, i := r.untried(tried); c != nil {
+		return c, i, r.attempts, nil
 	}
+	if r.errs == nil { // nothing was dialed
+		return nil, -1, r.attempts, errAllDrained
+	}
+	r.errs.ErrorFormat = joinErrors
+	return nil, -1, r.attempts, r.errs
+}
+
+// dialRun is one connection's walk over its app's targets: which it
+// tried, how many dials, and why each failed.
+type dialRun struct {
+	ft       *failoverTarget
+	now      time.Time
+	attempts int
+	errs     *multierror.Error
+}
+
+// inOrder tries the balancer's order, skipping drained targets and
+// those health says to leave alone. The balancer puts a down target
+// first only when every target is down; then each gets a try anyway
+// rather than refusing the client.
+func (r *dialRun) inOrder(order []int, tried []bool) (*net.TCPConn, int) {
+	force := !r.ft.targets[order[0]].health.Usable(r.now)
 	for _, i := range order {
-		if limit() {
+		if r.limited() {
 			break
 		}
-		if ft.targets[i].drain.on() || !ft.targets[i].health.Acquire(now, force) {
+		ts := r.ft.targets[i]
+		if ts.drain.on() || !ts.health.Acquire(r.now, force) {
 			continue // drained, down, or another connection holds its one trial
 		}
-		if c := try(i); c != nil {
-			return c, i, attempts, nil
+		if c := r.try(i, tried); c != nil {
+			return c, i
 		}
 	}
-	// Every target the first pass tried failed: before refusing the
-	// client, try the others too, the ones marked down (which the order
-	// left out) included. A target marked down may be back, and a
-	// refused client is worse than a slow one. Drained targets stay out.
-	for i := range ft.targets {
-		if tried[i] || ft.app.Targets[i].Weight == 0 || ft.targets[i].drain.on() {
+	return nil, -1
+}
+
+// untried runs once every target inOrder tried failed: before refusing
+// the client it tries the others too, the ones marked down (which the
+// order left out) included. A target marked down may be back, and a
+// refused client is worse than a slow one. Drained targets stay out.
+func (r *dialRun) untried(tried []bool) (*net.TCPConn, int) {
+	for i, ts := range r.ft.targets {
+		if tried[i] || r.ft.app.Targets[i].Weight == 0 || ts.drain.on() {
 			continue
 		}
-		if limit() {
+		if r.limited() {
 			break
 		}
-		if c := try(i); c != nil {
-			return c, i, attempts, nil
+		if c := r.try(i, tried); c != nil {
+			return c, i
 		}
 	}
-	if errs == nil { // nothing was dialed
-		return nil, -1, attempts, errAllDrained
+	return nil, -1
+}
+
+// limited reports whether max_attempts dials were made, or the proxy is
+// shutting down.
+func (r *dialRun) limited() bool {
+	return r.ft.app.MaxAttempts > 0 && r.attempts >= r.ft.app.MaxAttempts || r.ft.ctx.Err() != nil
+}
+
+// try dials target i, marks it tried, and tells its health how that
+// went.
+func (r *dialRun) try(i int, tried []bool) *net.TCPConn {
+	ts := r.ft.targets[i]
+	tried[i] = true
+	r.attempts++
+	ts.dials.Add(1)
+	addr := r.ft.app.Targets[i].Address
+	c, err := r.ft.dialTarget(addr, ts.literal)
+	if err != nil && r.ft.ctx.Err() != nil {
+		return nil // aborted by shutdown: not the target's failure
 	}
-	errs.ErrorFormat = joinErrors
-	return nil, -1, attempts, errs
+	if err != nil {
+		r.now = time.Now()
+		r.errs = multierror.Append(r.errs, fmt.Errorf("%s: %w", addr, unwrapOpError(err)))
+		if localResourceError(err) {
+			return nil // out of descriptors here: not the target's failure
+		}
+		ts.failures.Add(1)
+		ts.health.Failure(r.now, err) // nothing with max_fails: 0 (passive health off)
+		return nil
+	}
+	ts.health.Success()
+	return c.(*net.TCPConn)
 }
 
 // dialTarget dials addr within the app's dial_timeout, or until the
