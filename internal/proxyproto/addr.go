@@ -70,69 +70,97 @@ func parseIPv6(s []byte) (netip.Addr, bool) {
 	}
 	i := 0
 	for i < 16 {
-		off, acc := 0, 0
-		for ; off < len(s); off++ {
-			v, ok := hexDigit(s[off])
-			if !ok {
-				break
-			}
-			if off > 3 {
-				return netip.Addr{}, false // more than 4 digits in a group
-			}
-			acc = acc<<4 | v
-		}
-		if off == 0 {
+		acc, off := hexGroup(s)
+		if off <= 0 {
 			return netip.Addr{}, false
 		}
 		if off < len(s) && s[off] == '.' {
-			// A dotted quad may only stand for the last two groups.
-			if (ellipsis < 0 && i != 12) || i+4 > 16 {
+			if !dottedTail(s, &ip, i, ellipsis) {
 				return netip.Addr{}, false
 			}
-			var v4 [4]byte
-			if !parseIPv4Fields(s, &v4) {
-				return netip.Addr{}, false
-			}
-			copy(ip[i:], v4[:])
-			i += 4
-			s = nil
+			i, s = i+4, nil
 			break
 		}
 		ip[i], ip[i+1] = byte(acc>>8), byte(acc)
 		i += 2
-		s = s[off:]
+		var ok bool
+		if s, ok = separator(s[off:], i, &ellipsis); !ok {
+			return netip.Addr{}, false
+		}
 		if len(s) == 0 {
 			break
 		}
-		if s[0] != ':' || len(s) == 1 {
-			return netip.Addr{}, false
-		}
-		s = s[1:]
-		if s[0] == ':' {
-			if ellipsis >= 0 {
-				return netip.Addr{}, false // a second "::"
-			}
-			ellipsis = i
-			s = s[1:]
-			if len(s) == 0 {
-				break
-			}
-		}
 	}
-	if len(s) != 0 {
+	if len(s) != 0 || !expandEllipsis(&ip, i, ellipsis) {
 		return netip.Addr{}, false
 	}
-	if i < 16 {
-		if ellipsis < 0 {
-			return netip.Addr{}, false
-		}
-		n := 16 - i
-		copy(ip[ellipsis+n:], ip[ellipsis:i])
-		clear(ip[ellipsis : ellipsis+n])
-	} else if ellipsis >= 0 {
-		return netip.Addr{}, false // "::" must stand for at least one group
-	}
 	return netip.AddrFrom16(ip), true
+}
+
+// hexGroup reads the hex digits s starts with: their value, and how many
+// there were; 0 for none, -1 for more than 4.
+func hexGroup(s []byte) (acc, off int) {
+	for ; off < len(s); off++ {
+		v, ok := hexDigit(s[off])
+		if !ok {
+			break
+		}
+		if off > 3 {
+			return 0, -1 // more than 4 digits in a group
+		}
+		acc = acc<<4 | v
+	}
+	return acc, off
+}
+
+// dottedTail parses the dotted quad s ends with into ip[i:i+4]: it may
+// only stand for the last two groups.
+func dottedTail(s []byte, ip *[16]byte, i, ellipsis int) bool {
+	if (ellipsis < 0 && i != 12) || i+4 > 16 {
+		return false
+	}
+	var v4 [4]byte
+	if !parseIPv4Fields(s, &v4) {
+		return false
+	}
+	copy(ip[i:], v4[:])
+	return true
+}
+
+// separator consumes what follows a group: nothing, ":" before the next
+// group, or "::" (the one ellipsis, recorded at i). It returns the rest.
+func separator(s []byte, i int, ellipsis *int) ([]byte, bool) {
+	if len(s) == 0 {
+		return s, true
+	}
+	if s[0] != ':' || len(s) == 1 {
+		return nil, false
+	}
+	s = s[1:]
+	if s[0] == ':' {
+		if *ellipsis >= 0 {
+			return nil, false // a second "::"
+		}
+		*ellipsis = i
+		s = s[1:]
+	}
+	return s, true
+}
+
+// expandEllipsis moves the groups after "::" to the end of ip, zeros
+// between, given i bytes parsed. "::" must stand for at least one group,
+// and only "::" may leave groups out.
+func expandEllipsis(ip *[16]byte, i, ellipsis int) bool {
+	if i == 16 {
+		return ellipsis < 0
+	}
+	if ellipsis < 0 {
+		return false
+	}
+	n := 16 - i
+	copy(ip[ellipsis+n:], ip[ellipsis:i])
+	clear(ip[ellipsis : ellipsis+n])
+	return true
 }
 
 func hexDigit(c byte) (int, bool) {

@@ -51,44 +51,13 @@ const v2MaxHead = v2HeaderLen + addrLenUnix
 // with the length of the whole header; the TLVs after the addresses are
 // counted in that length and not looked at. Errors are as parse's.
 func parseV2Head(b []byte) (Header, int, error) {
-	if len(b) < len(v2Signature) {
-		if string(b) != v2Signature[:len(b)] {
-			return Header{}, 0, malformed("v2: bad signature % x", b)
-		}
-		return Header{}, 0, errIncomplete
+	cmd, fam, err := v2Start(b)
+	if err != nil {
+		return Header{}, 0, err
 	}
-	if string(b[:len(v2Signature)]) != v2Signature {
-		return Header{}, 0, malformed("v2: bad signature % x", b[:len(v2Signature)])
-	}
-	if len(b) < 13 {
-		return Header{}, 0, errIncomplete
-	}
-	verCmd := b[12]
-	if v := verCmd >> 4; v != v2Version {
-		return Header{}, 0, malformed("v2: unsupported version %d", v)
-	}
-	cmd := Command(verCmd & 0x0f)
-	if cmd != Local && cmd != Proxy {
-		return Header{}, 0, malformed("v2: unknown command %#x", uint8(cmd))
-	}
-	if len(b) < 14 {
-		return Header{}, 0, errIncomplete
-	}
-	fam := b[13]
-	// A LOCAL header's family is to be ignored, so only PROXY checks it.
-	addrLen := 0
-	if cmd == Proxy {
-		switch fam {
-		case famUnspec:
-		case famTCP4, famUDP4:
-			addrLen = addrLenInet
-		case famTCP6, famUDP6:
-			addrLen = addrLenInet6
-		case famUnix, famUnixDg:
-			addrLen = addrLenUnix
-		default:
-			return Header{}, 0, malformed("v2: unknown address family %#02x", fam)
-		}
+	addrLen, err := v2AddrLen(cmd, fam)
+	if err != nil {
+		return Header{}, 0, err
 	}
 	if len(b) < v2HeaderLen {
 		return Header{}, 0, errIncomplete
@@ -100,13 +69,66 @@ func parseV2Head(b []byte) (Header, int, error) {
 	if len(b) < v2HeaderLen+addrLen {
 		return Header{}, 0, errIncomplete
 	}
-	total := v2HeaderLen + n
 	h := Header{Version: 2, Command: cmd}
-	if cmd != Proxy {
-		return h, total, nil
+	if cmd == Proxy {
+		// TLVs after the addresses are counted in n and skipped unread.
+		v2Addresses(&h, fam, b[v2HeaderLen:v2HeaderLen+addrLen])
 	}
-	// TLVs after the addresses are counted in n and skipped unread.
-	a := b[v2HeaderLen : v2HeaderLen+addrLen]
+	return h, v2HeaderLen + n, nil
+}
+
+// v2Start checks the signature, version and command of a version 2
+// header and returns its command and address family byte, or
+// errIncomplete while b is too short to tell.
+func v2Start(b []byte) (Command, byte, error) {
+	if len(b) < len(v2Signature) {
+		if string(b) != v2Signature[:len(b)] {
+			return 0, 0, malformed("v2: bad signature % x", b)
+		}
+		return 0, 0, errIncomplete
+	}
+	if string(b[:len(v2Signature)]) != v2Signature {
+		return 0, 0, malformed("v2: bad signature % x", b[:len(v2Signature)])
+	}
+	if len(b) < 13 {
+		return 0, 0, errIncomplete
+	}
+	verCmd := b[12]
+	if v := verCmd >> 4; v != v2Version {
+		return 0, 0, malformed("v2: unsupported version %d", v)
+	}
+	cmd := Command(verCmd & 0x0f)
+	if cmd != Local && cmd != Proxy {
+		return 0, 0, malformed("v2: unknown command %#x", uint8(cmd))
+	}
+	if len(b) < 14 {
+		return 0, 0, errIncomplete
+	}
+	return cmd, b[13], nil
+}
+
+// v2AddrLen is the length of the address block of family fam. A LOCAL
+// header's family is to be ignored, so only PROXY checks it.
+func v2AddrLen(cmd Command, fam byte) (int, error) {
+	if cmd != Proxy {
+		return 0, nil
+	}
+	switch fam {
+	case famUnspec:
+		return 0, nil
+	case famTCP4, famUDP4:
+		return addrLenInet, nil
+	case famTCP6, famUDP6:
+		return addrLenInet6, nil
+	case famUnix, famUnixDg:
+		return addrLenUnix, nil
+	}
+	return 0, malformed("v2: unknown address family %#02x", fam)
+}
+
+// v2Addresses sets h's addresses from the address block a of a TCP
+// family; other families leave them unset.
+func v2Addresses(h *Header, fam byte, a []byte) {
 	switch fam {
 	case famTCP4:
 		h.Source = netip.AddrPortFrom(netip.AddrFrom4([4]byte(a[0:4])), binary.BigEndian.Uint16(a[8:10]))
@@ -115,7 +137,6 @@ func parseV2Head(b []byte) (Header, int, error) {
 		h.Source = unmapped(netip.AddrPortFrom(netip.AddrFrom16([16]byte(a[0:16])), binary.BigEndian.Uint16(a[32:34])))
 		h.Destination = unmapped(netip.AddrPortFrom(netip.AddrFrom16([16]byte(a[16:32])), binary.BigEndian.Uint16(a[34:36])))
 	}
-	return h, total, nil
 }
 
 func appendV2(b []byte, src, dst netip.AddrPort) []byte {
