@@ -107,33 +107,54 @@ func (p *peer) run() error {
 		}
 		n, err := p.conn.Read(p.in.space())
 		now = time.Now()
-		if n > 0 {
-			before := p.in.frames()
-			size, verr := p.in.consume(n)
-			p.verified.Add(int64(size))
-			if verr != nil {
-				return verr
-			}
-			if size > 0 {
-				lastRecv = now
-				if before == 0 && p.onFirst != nil {
-					p.onFirst()
-				}
-			}
+		frames, verr := p.take(n)
+		if verr != nil {
+			return verr
 		}
-		switch {
-		case err == nil:
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			if !now.Before(stallAt) {
-				return errStalled
-			}
-		case errors.Is(err, io.EOF) && p.in.pending():
-			return fmt.Errorf("EOF inside a frame: %w", io.ErrUnexpectedEOF)
-		case errors.Is(err, io.EOF) && retiring:
-			return nil
-		default:
+		if frames {
+			lastRecv = now
+		}
+		if done, err := p.readEnd(err, now, stallAt, retiring); done {
 			return err
 		}
+	}
+}
+
+// take verifies the n bytes just read and reports whether they completed
+// a frame.
+func (p *peer) take(n int) (bool, error) {
+	if n == 0 {
+		return false, nil
+	}
+	before := p.in.frames()
+	size, err := p.in.consume(n)
+	p.verified.Add(int64(size))
+	if err != nil {
+		return false, err
+	}
+	if size > 0 && before == 0 && p.onFirst != nil {
+		p.onFirst()
+	}
+	return size > 0, nil
+}
+
+// readEnd judges a read's error: done (with nil at the end of a retiring
+// stream, or why the stream broke or stalled), or not done, to go on.
+func (p *peer) readEnd(err error, now, stallAt time.Time, retiring bool) (bool, error) {
+	switch {
+	case err == nil:
+		return false, nil
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		if !now.Before(stallAt) {
+			return true, errStalled
+		}
+		return false, nil
+	case errors.Is(err, io.EOF) && p.in.pending():
+		return true, fmt.Errorf("EOF inside a frame: %w", io.ErrUnexpectedEOF)
+	case errors.Is(err, io.EOF) && retiring:
+		return true, nil
+	default:
+		return true, err
 	}
 }
 
