@@ -360,3 +360,39 @@ func buildBinary(t testing.TB) string {
 
 // appAt returns the i-th app of the running config.
 func (s *proxyServer) appAt(i int) *failoverTarget { return (*s.current.Load())[i] }
+
+// clientLoad runs client loops against the proxy until finish: each
+// worker calls do again and again, and the load counts what succeeded
+// and keeps every distinct error.
+type clientLoad struct {
+	stop     atomic.Bool
+	ok, fail atomic.Int64
+	errs     sync.Map
+	wg       sync.WaitGroup
+}
+
+func startClientLoad(workers int, do func() error) *clientLoad {
+	l := &clientLoad{}
+	for range workers {
+		l.wg.Go(func() {
+			for !l.stop.Load() {
+				if err := do(); err != nil {
+					l.fail.Add(1)
+					l.errs.Store(err.Error(), true)
+				} else {
+					l.ok.Add(1)
+				}
+			}
+		})
+	}
+	return l
+}
+
+// finish stops the workers and returns the distinct errors they met.
+func (l *clientLoad) finish() []string {
+	l.stop.Store(true)
+	l.wg.Wait()
+	var list []string
+	l.errs.Range(func(k, _ any) bool { list = append(list, k.(string)); return true })
+	return list
+}

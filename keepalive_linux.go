@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,28 +18,15 @@ const listenKeepAliveInherited = true
 // setListenKeepAlive sets SO_KEEPALIVE, and TCP_KEEPIDLE to period
 // rounded up to seconds, on ln's socket; period < 0 turns keepalive off.
 func setListenKeepAlive(ln net.Listener, period time.Duration) error {
-	sc, ok := ln.(syscall.Conn)
-	if !ok {
-		return fmt.Errorf("listener %T has no socket", ln)
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
+	err := onSocket(ln, func(fd int) error {
 		if period < 0 {
-			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
-			return
+			return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
 		}
 		secs := int((period + time.Second - 1) / time.Second)
-		serr = errors.Join(
-			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1),
-			unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs))
+		return errors.Join(
+			unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1),
+			unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs))
 	})
-	if err == nil {
-		err = serr
-	}
 	if err != nil {
 		return fmt.Errorf("set keepalive: %w", err)
 	}

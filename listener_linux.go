@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"syscall"
@@ -8,33 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// acceptQueueLen returns how many connections wait in ln's accept queue
-// (TCP_INFO's tcpi_unacked, which Linux reports for a listening socket as
-// its accept backlog), and false if the kernel would not say.
-func acceptQueueLen(ln net.Listener) (int, bool) {
-	sc, ok := ln.(syscall.Conn)
-	if !ok {
-		return 0, false
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return 0, false
-	}
-	var n int
-	var ierr error
-	err = rc.Control(func(fd uintptr) {
-		var info *unix.TCPInfo
-		if info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); ierr == nil {
-			n = int(info.Unacked)
-		}
-	})
-	return n, err == nil && ierr == nil
-}
-
-// enableReusePort sets SO_REUSEPORT on an open listening socket, so that
-// a new socket with it can bind beside it (a reload moving a port from
-// all interfaces to one address, or back) before it is closed.
-func enableReusePort(ln net.Listener) error {
+// onSocket runs f on ln's socket descriptor and returns what went wrong:
+// ln having no socket, the descriptor being closed, or f's error.
+func onSocket(ln net.Listener, f func(fd int) error) error {
 	sc, ok := ln.(syscall.Conn)
 	if !ok {
 		return fmt.Errorf("listener %T has no socket", ln)
@@ -43,14 +20,35 @@ func enableReusePort(ln net.Listener) error {
 	if err != nil {
 		return err
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	}); err != nil {
+	var ferr error
+	err = rc.Control(func(fd uintptr) { ferr = f(int(fd)) })
+	return errors.Join(err, ferr)
+}
+
+// acceptQueueLen returns how many connections wait in ln's accept queue
+// (TCP_INFO's tcpi_unacked, which Linux reports for a listening socket as
+// its accept backlog), and false if the kernel would not say.
+func acceptQueueLen(ln net.Listener) (int, bool) {
+	var n int
+	err := onSocket(ln, func(fd int) error {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err == nil {
+			n = int(info.Unacked)
+		}
 		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("set SO_REUSEPORT: %w", serr)
+	})
+	return n, err == nil
+}
+
+// enableReusePort sets SO_REUSEPORT on an open listening socket, so that
+// a new socket with it can bind beside it (a reload moving a port from
+// all interfaces to one address, or back) before it is closed.
+func enableReusePort(ln net.Listener) error {
+	err := onSocket(ln, func(fd int) error {
+		return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	})
+	if err != nil {
+		return fmt.Errorf("set SO_REUSEPORT: %w", err)
 	}
 	return nil
 }

@@ -144,33 +144,21 @@ func TestReloadPortMovesBetweenApps(t *testing.T) {
 	after := "apps:\n" + appYAML("app-a", []int{pa}, []string{a.addr}, "") + appYAML("app-b", []int{pb, shared}, []string{b.addr}, "")
 	srv, _ := startProxy(t, before)
 
-	var (
-		stop     atomic.Bool
-		failures atomic.Int64
-		seen     sync.Map
-		wg       sync.WaitGroup
-	)
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for !stop.Load() {
-				c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", shared))
-				if err != nil {
-					failures.Add(1)
-					continue
-				}
-				c.SetReadDeadline(time.Now().Add(5 * time.Second))
-				line := make([]byte, 2)
-				if _, err := io.ReadFull(c, line); err != nil {
-					failures.Add(1)
-				} else {
-					seen.Store(string(line[:1]), true)
-				}
-				c.Close()
-			}
-		}()
-	}
+	var seen sync.Map
+	load := startClientLoad(4, func() error {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", shared))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		line := make([]byte, 2)
+		if _, err := io.ReadFull(c, line); err != nil {
+			return err
+		}
+		seen.Store(string(line[:1]), true)
+		return nil
+	})
 	waitFor(t, 5*time.Second, "traffic to app-a", func() bool { _, ok := seen.Load("a"); return ok })
 	for i := 0; i < 10; i++ {
 		applyYAML(t, srv, after)
@@ -178,10 +166,8 @@ func TestReloadPortMovesBetweenApps(t *testing.T) {
 	}
 	applyYAML(t, srv, after)
 	waitFor(t, 5*time.Second, "traffic to app-b", func() bool { _, ok := seen.Load("b"); return ok })
-	stop.Store(true)
-	wg.Wait()
-	if n := failures.Load(); n != 0 {
-		t.Fatalf("%d connections failed while the port moved between apps", n)
+	if errs := load.finish(); len(errs) != 0 {
+		t.Fatalf("%d connections failed while the port moved between apps: %q", load.fail.Load(), errs)
 	}
 }
 

@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -38,28 +36,8 @@ func TestBinaryUpgrade(t *testing.T) {
 		t.Fatalf("held connection: %q", got)
 	}
 
-	var (
-		stop     atomic.Bool
-		ok, fail atomic.Int64
-		errs     sync.Map
-		wg       sync.WaitGroup
-	)
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for !stop.Load() {
-				err := echoOnce(fmt.Sprintf("127.0.0.1:%d", port))
-				if err != nil {
-					fail.Add(1)
-					errs.Store(err.Error(), true)
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
-	waitFor(t, 5*time.Second, "the client loop to run", func() bool { return ok.Load() > 50 })
+	load := startClientLoad(4, func() error { return echoOnce(fmt.Sprintf("127.0.0.1:%d", port)) })
+	waitFor(t, 5*time.Second, "the client loop to run", func() bool { return load.ok.Load() > 50 })
 
 	// `tcpproxy -upgrade` signals the old process and waits for the new.
 	upgradeOut, err := exec.Command(buildBinary(t), "-upgrade", "-pid-file", pidFile).CombinedOutput()
@@ -74,16 +52,13 @@ func TestBinaryUpgrade(t *testing.T) {
 	t.Cleanup(func() {
 		newProc.Signal(syscall.SIGKILL)
 	})
-	before := ok.Load()
-	waitFor(t, 5*time.Second, "connections after the upgrade", func() bool { return ok.Load() > before+50 })
-	stop.Store(true)
-	wg.Wait()
-	if n := fail.Load(); n != 0 {
-		var list []string
-		errs.Range(func(k, _ any) bool { list = append(list, k.(string)); return true })
-		t.Fatalf("%d of %d connections failed across the upgrade: %v\n%s", n, n+ok.Load(), list, out)
+	before := load.ok.Load()
+	waitFor(t, 5*time.Second, "connections after the upgrade", func() bool { return load.ok.Load() > before+50 })
+	if errs := load.finish(); len(errs) != 0 {
+		n := load.fail.Load()
+		t.Fatalf("%d of %d connections failed across the upgrade: %v\n%s", n, n+load.ok.Load(), errs, out)
 	}
-	t.Logf("%d connections across the upgrade, none failed", ok.Load())
+	t.Logf("%d connections across the upgrade, none failed", load.ok.Load())
 
 	// The held connection still works, served by the old process, which
 	// is still running because of it.
