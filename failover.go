@@ -331,7 +331,7 @@ func (ft *failoverTarget) dial(clientIP netip.Addr) (*net.TCPConn, int, int, err
 	// tried is by target index. It is not a field of dialRun, so that the
 	// buffer stays on the stack.
 	var triedBuf [64]bool
-	tried := triedBuf[:0]
+	var tried []bool
 	if n := len(ft.targets); n <= len(triedBuf) {
 		tried = triedBuf[:n]
 	} else {
