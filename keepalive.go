@@ -60,6 +60,18 @@ func markKeepAliveAtAccept(gen []*failoverTarget, tables map[string]*routeTable)
 	}
 }
 
+// restoreKeepAlive gives c, accepted from a fileListener, the keepalive
+// of its address's apps, which Go's accept replaced with its default.
+// Where the apps disagree, the session sets each app's own.
+func restoreKeepAlive(c *net.TCPConn, t *routeTable, log *slog.Logger) {
+	if t.keepAliveMixed || !listenKeepAliveInherited {
+		return
+	}
+	if err := relay.SetKeepAlive(c, t.keepAlive); err != nil {
+		log.Debug("cannot set keepalive on an accepted connection", "err", err)
+	}
+}
+
 // applyKeepAlive gives ln the keepalive of t, when t's apps agree on
 // one, for the connections accepted from now on. A failure is logged:
 // those connections keep what the socket had.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"syscall"
@@ -98,4 +99,68 @@ func TestKeepAliveSetOnce(t *testing.T) {
 	client, target = proxiedPair(t, srv, one, "")
 	want(client, true, 20)
 	want(target, true, 20)
+}
+
+// TestKeepAliveOnHandedOverSockets: a socket that comes through
+// net.FileListener (a duplicate taken over when a reload respells the
+// listen address, or one an upgrade hands over) accepts with Go's
+// default keepalive (15 s); the proxy's sockets must still carry each
+// app's own, on or off.
+func TestKeepAliveOnHandedOverSockets(t *testing.T) {
+	be := startBackend(t, echoHandler)
+	on, off := freePort(t), freePort(t)
+	yaml := func(listen string) string {
+		return fmt.Sprintf(`apps:
+- {name: on, listen: %[1]s, ports: [%[2]d], keepalive: 45s, targets: [%[4]q]}
+- {name: off, listen: %[1]s, ports: [%[3]d], keepalive: -1s, targets: [%[4]q]}
+`, listen, on, off, be.addr)
+	}
+	check := func(t *testing.T, srv *proxyServer) {
+		t.Helper()
+		c, _ := proxiedPair(t, srv, on, "")
+		if gotOn, idle := keepAliveOf(t, c); !gotOn || idle != 45 {
+			t.Errorf("app on: keepalive %v, idle %ds; want on, 45s", gotOn, idle)
+		}
+		c, _ = proxiedPair(t, srv, off, "")
+		if gotOn, idle := keepAliveOf(t, c); gotOn {
+			t.Errorf("app off: keepalive on (idle %ds); want off", idle)
+		}
+	}
+	t.Run("listen respelled on reload", func(t *testing.T) {
+		srv, _ := startProxy(t, yaml("127.0.0.1"))
+		check(t, srv)
+		applyYAML(t, srv, yaml("localhost"))
+		check(t, srv)
+	})
+	t.Run("socket handed over by an upgrade", func(t *testing.T) {
+		inherited := map[string]net.Listener{}
+		for _, port := range []int{on, off} {
+			addr := fmt.Sprintf("127.0.0.1:%d", port)
+			inherited[addr] = handedOver(t, addr)
+		}
+		env := prodEnv(listenFunc(false, func(addr string) net.Listener { return inherited[addr] }))
+		srv, _ := startProxyEnv(t, yaml("127.0.0.1"), env)
+		check(t, srv)
+	})
+}
+
+// handedOver listens on addr and returns the socket as an upgraded
+// process gets it: through a descriptor and net.FileListener.
+func handedOver(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fl, err := net.FileListener(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fl
 }

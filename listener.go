@@ -30,15 +30,26 @@ type retryListener struct {
 	*net.TCPListener
 	log     *slog.Logger
 	lastLog atomic.Int64 // unix nanos
+	// fromFile is set on a fileListener's socket: see there.
+	fromFile bool
 }
 
 func newRetryListener(ln net.Listener, log *slog.Logger) net.Listener {
-	tl, ok := ln.(*net.TCPListener)
-	if !ok {
-		return ln
+	switch l := ln.(type) {
+	case *net.TCPListener:
+		return &retryListener{TCPListener: l, log: log}
+	case fileListener:
+		return &retryListener{TCPListener: l.TCPListener, log: log, fromFile: true}
 	}
-	return &retryListener{TCPListener: tl, log: log}
+	return ln
 }
+
+// fileListener marks a listener made by net.FileListener: a socket an
+// upgrade handed over, or a duplicate of a running route's (dupListener).
+// Go accepts on it with the zero ListenConfig, so every connection it
+// accepts gets Go's default keepalive (15 s), whatever the listening
+// socket carries; the route sets each one's again (restoreKeepAlive).
+type fileListener struct{ *net.TCPListener }
 
 // Accept implements net.Listener.
 func (l *retryListener) Accept() (net.Conn, error) {
@@ -89,6 +100,9 @@ func listenFunc(reusePort bool, inherited func(addr string) net.Listener) func(n
 	return func(network, addr string) (net.Listener, error) {
 		if inherited != nil {
 			if ln := inherited(addr); ln != nil {
+				if tl, ok := ln.(*net.TCPListener); ok {
+					return fileListener{tl}, nil
+				}
 				return ln, nil
 			}
 		}

@@ -662,21 +662,29 @@ func TestReloadSummaryNamesMovedListener(t *testing.T) {
 
 // TestReloadRespelledListenRoutesWithNewConfig: a reload that changes
 // an app's listen from localhost to 127.0.0.1 (the same socket, taken
-// over) and its target sends every connection made after the reload to
-// the new target; the old route's accept loop, on the same socket, must
-// not take any with the old config.
+// over), or from localhost to every interface (the localhost socket
+// stays as an alias of the wildcard), and its target sends every
+// connection made after the reload to the new target; the old route's
+// accept loop must not take any with the old config.
 func TestReloadRespelledListenRoutesWithNewConfig(t *testing.T) {
 	old := startBackend(t, namedHandler("old"))
 	nu := startBackend(t, namedHandler("new"))
 	port := freePort(t)
 	yaml := func(listen, target string) string {
-		return fmt.Sprintf("apps:\n- name: web\n  listen: %s\n  ports: [%d]\n  targets: [%q]\n", listen, port, target)
+		if listen != "" {
+			listen = "\n  listen: " + listen
+		}
+		return fmt.Sprintf("apps:\n- name: web%s\n  ports: [%d]\n  targets: [%q]\n", listen, port, target)
 	}
 	srv, _ := startProxy(t, yaml("localhost", old.addr))
 	for i, step := range []struct{ listen, target, want string }{
 		{"127.0.0.1", nu.addr, "new"},
 		{"localhost", old.addr, "old"},
 		{"127.0.0.1", nu.addr, "new"},
+		{"localhost", old.addr, "old"},
+		{"", nu.addr, "new"}, // every interface
+		{"localhost", old.addr, "old"},
+		{"0.0.0.0", nu.addr, "new"},
 	} {
 		cfg, err := parseConfig("test.yaml", []byte(yaml(step.listen, step.target)))
 		if err != nil {

@@ -110,6 +110,10 @@ type listenRoute struct {
 	// new connections with the old config's table. Guarded by
 	// proxyServer.mu.
 	from *listenRoute
+	// fromFile is set when the socket came through net.FileListener,
+	// whose accepted connections need their keepalive set again (see
+	// fileListener). Set before the accept loop starts.
+	fromFile bool
 
 	retireMu sync.Mutex
 	retiring bool // retire was called and the route has not closed yet
@@ -199,6 +203,9 @@ func startRoute(addr string, t *routeTable, st *unroutedStats, conns *connSet, l
 			return nil, err
 		}
 		r.ln = ln
+		if rl, ok := ln.(*retryListener); ok {
+			r.fromFile = rl.fromFile
+		}
 		applyKeepAlive(ln, t, r.log)
 		return routeListener{ln, r}, nil
 	}
@@ -323,6 +330,9 @@ func (l routeListener) Accept() (net.Conn, error) {
 		}
 		t := l.r.table.Load()
 		tc, ok := c.(*net.TCPConn)
+		if ok && l.r.fromFile {
+			restoreKeepAlive(tc, t, l.r.log)
+		}
 		if ok && t.acceptProxy && t.preread > 0 && t.rejectUntrustedAtAccept(tc) {
 			continue // before the library reads a byte (trust.go)
 		}
@@ -367,5 +377,9 @@ func dupListener(ln net.Listener) (net.Listener, error) {
 		return nil, fmt.Errorf("hand over listener: %w", err)
 	}
 	defer f.Close()
-	return net.FileListener(f)
+	dup, err := net.FileListener(f)
+	if tl, ok := dup.(*net.TCPListener); ok {
+		return fileListener{tl}, nil
+	}
+	return dup, err
 }

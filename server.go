@@ -310,12 +310,16 @@ func (s *proxyServer) reviveRetiring(tables map[string]*routeTable) {
 // drain, and closing it would reset the connections in its queue.
 func (s *proxyServer) withAliases(tables map[string]*routeTable) map[string]*routeTable {
 	want := maps.Clone(tables)
-	for addr := range s.routes {
+	for addr, r := range s.routes {
 		if tables[addr] != nil {
 			continue
 		}
+		bound := addr // "localhost:80" is covered as the 127.0.0.1 it is bound to
+		if la := r.ln.Addr(); la != nil {
+			bound = la.String()
+		}
 		for w, t := range tables {
-			if coversAddr(w, addr) {
+			if coversAddr(w, bound) {
 				want[addr] = t
 				break
 			}
