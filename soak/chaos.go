@@ -134,10 +134,11 @@ func (c *chaos) reloadLoop() {
 }
 
 // listenHosts are the listen hosts app soak goes through with edges, one
-// step a successful reload: 127.0.0.1, unset (every interface),
-// localhost, and round again. Its clients dial 127.0.0.1 throughout and
-// must never be refused or reset.
-var listenHosts = [...]string{"127.0.0.1", "", "localhost"}
+// step a successful reload, so that every change between 127.0.0.1,
+// unset (every interface) and localhost comes once a round. Its clients
+// dial 127.0.0.1 throughout and must never be refused, reset or served
+// by the old config.
+var listenHosts = [...]string{"127.0.0.1", "", "localhost", "127.0.0.1", "localhost", ""}
 
 // configFor is the config of the k-th successful reload (0: the first
 // config).
