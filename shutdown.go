@@ -58,7 +58,8 @@ func (d *daemon) handedOver() {
 }
 
 // secondSignal calls cancel on the next SIGTERM/SIGINT: a second signal
-// means "now", stop waiting for the drain.
+// means "now", stop waiting for the drain. Others (a reload, an upgrade)
+// are logged and dropped.
 func (d *daemon) secondSignal(sigc <-chan os.Signal, cancel context.CancelFunc) {
 	for sig := range sigc {
 		if sig == syscall.SIGINT || sig == syscall.SIGTERM {
@@ -66,6 +67,7 @@ func (d *daemon) secondSignal(sigc <-chan os.Signal, cancel context.CancelFunc) 
 			cancel()
 			return
 		}
+		d.log.Info("signal ignored while draining", "signal", sig.String())
 	}
 }
 

@@ -294,3 +294,34 @@ func TestBinaryDrainWaitsForUnroutedClients(t *testing.T) {
 		return strings.Contains(out.String(), "cut=0 dials_aborted=1") && strings.Contains(out.String(), `server_name=a.test`)
 	})
 }
+
+// TestBinaryReloadWhileDraining: a SIGHUP after SIGTERM, while a
+// connection drains, is logged and dropped: no reload, no cut, and the
+// process stops once the connection ends.
+func TestBinaryReloadWhileDraining(t *testing.T) {
+	be := startBackend(t, echoHandler)
+	port := freePort(t)
+	path := writeConfig(t, "shutdown_timeout: 30s\napps:\n"+appYAML("web", []int{port}, []string{be.addr}, ""))
+	proc, out := startBinary(t, port, "-c", path)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("proxy log:\n%s", out)
+		}
+	})
+	held := heldEcho(t, port, "before")
+	proc.Signal(syscall.SIGTERM)
+	waitFor(t, 5*time.Second, "the drain to start", func() bool { return strings.Contains(out.String(), "listeners closed") })
+	proc.Signal(syscall.SIGHUP)
+	waitFor(t, 5*time.Second, "the SIGHUP to be logged", func() bool {
+		return strings.Contains(out.String(), `msg="signal ignored while draining" signal=hangup`)
+	})
+	held.Write([]byte("during\n"))
+	if got := readLine(t, held); got != "during" {
+		t.Fatalf("held connection after SIGHUP while draining: %q", got)
+	}
+	held.Close()
+	waitFor(t, 10*time.Second, "the process to stop", func() bool { return stoppedWithoutCut.MatchString(out.String()) })
+	if strings.Contains(out.String(), "config reloaded") {
+		t.Errorf("a SIGHUP while draining reloaded the config")
+	}
+}
