@@ -16,8 +16,10 @@
 // It builds and runs on Linux and other Unix systems. Linux-only, with a
 // fallback elsewhere: the length of a retiring listener's accept queue
 // and SO_REUSEPORT on an open socket for a reload that moves a port
-// between addresses (listener_linux.go, listener_other.go), and the
-// relay's splice (internal/relay). The tests are Linux-only.
+// between addresses (listener_linux.go, listener_other.go), keepalive
+// set once on the listening socket, which Linux copies to accepted ones
+// (keepalive_linux.go; per connection elsewhere), and the relay's splice
+// (internal/relay). The tests are Linux-only.
 package main
 
 import (
