@@ -15,7 +15,7 @@ import (
 
 // Memory per connection and at rest, measured (README.md, "Reliability"):
 // the soak test's 2,000 streaming connections took the proxy's RSS from
-// 14.6 to 52.0 MiB, 19.1 KiB each; an idle one costs 13.3 KiB.
+// 14.6 to 52.0 MiB, 19.1 KiB each; an idle one costs 16.3 KiB.
 const (
 	baseMiB        = 15.0 // RSS at rest, rounded up from 14.6 MiB
 	kibPerConn     = 19.1 // RSS per busy relayed connection
