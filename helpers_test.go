@@ -20,16 +20,28 @@ import (
 	"time"
 )
 
-// freePort returns a loopback TCP port that was free a moment ago.
+// freePort returns a loopback TCP port that was free a moment ago and
+// that no earlier call in this test process returned.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		// The kernel may give a port back once it is closed: a test that
+		// asks for a proxy port and a dead target's must not get one port
+		// for both (the proxy would dial itself).
+		if _, taken := portsHandedOut.LoadOrStore(port, true); !taken {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// portsHandedOut are the ports freePort returned in this test process.
+var portsHandedOut sync.Map
 
 // deadAddr returns a loopback address nothing listens on, so that a dial
 // to it is refused at once.
