@@ -23,7 +23,7 @@ func keepAlivePeriod(d time.Duration) time.Duration {
 
 // targetDialer returns the dialer of an app's targets. Go sets the
 // keepalive on the new socket right after connect (SO_KEEPALIVE and
-// TCP_KEEPIDLE, as relay.SetKeepAlive did); a socket without it needs
+// TCP_KEEPIDLE, as relay.SetKeepAlive does); a socket without it needs
 // no system call at all, since a new socket has keepalive off.
 func targetDialer(app *appConfig) net.Dialer {
 	d := net.Dialer{Timeout: app.DialTimeout, KeepAlive: -1}

@@ -77,7 +77,7 @@ type contextDialer interface {
 }
 
 // prodEnv is the environment of the running proxy: listen as given, and
-// a net.Dialer with the app's dial_timeout.
+// each app's targetDialer.
 func prodEnv(listen func(network, addr string) (net.Listener, error)) serverEnv {
 	return serverEnv{listen: listen, dialer: appDialer}
 }
@@ -421,7 +421,7 @@ func (s *proxyServer) commitRoutes(want, tables map[string]*routeTable, opened m
 			sum.opened = append(sum.opened, addr)
 		}
 		if r.from != nil && r.from != s.routes[addr] {
-			r.from.closeNow() // retired above; see listenRoute.from
+			r.from.closeNow() // retiring (here or in sameSocket); see listenRoute.from
 		}
 		r.from = nil
 		s.routes[addr] = r

@@ -204,62 +204,66 @@ func parseMetrics(text []byte) map[string]float64 {
 	return m
 }
 
-const reloadsOK = `tcpproxy_config_reloads_total{result="success"}`
+// The proxy's reload counts, as /metrics prints them.
+const (
+	reloadsOK     = `tcpproxy_config_reloads_total{result="success"}`
+	reloadsFailed = `tcpproxy_config_reloads_total{result="failure"}`
+)
 
 // reload writes cfg and signals SIGHUP, then waits until the proxy's
 // count of successful reloads moves, and returns when it saw that.
 func (p *proxyProc) reload(cfg proxyConfig, sent func(time.Time)) (time.Time, error) {
-	m, err := p.metrics()
+	ok, at, err := p.sighup(cfg, sent)
+	if err == nil && !ok {
+		err = errors.New("the proxy refused the config")
+	}
 	if err != nil {
 		return time.Time{}, fmt.Errorf("reload: %w", err)
 	}
-	before := m[reloadsOK]
-	if err := p.writeConfig(cfg); err != nil {
-		return time.Time{}, err
-	}
-	sent(time.Now())
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		return time.Time{}, fmt.Errorf("reload: SIGHUP: %w", err)
-	}
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		m, err := p.metrics()
-		if err == nil && m[reloadsOK] > before {
-			return time.Now(), nil
-		}
-	}
-	return time.Time{}, errors.New("reload: the proxy's successful reload count did not move within 5s")
+	return at, nil
 }
-
-const reloadsFailed = `tcpproxy_config_reloads_total{result="failure"}`
 
 // reloadFailing writes cfg, which the proxy must refuse, and signals
 // SIGHUP, then waits until the proxy's count of failed reloads moves.
 // It is an error if its count of successful ones moved instead.
 func (p *proxyProc) reloadFailing(cfg proxyConfig) error {
-	m, err := p.metrics()
+	ok, _, err := p.sighup(cfg, func(time.Time) {})
+	if err == nil && ok {
+		err = errors.New("the proxy counted a reload that must fail as a success")
+	}
 	if err != nil {
 		return fmt.Errorf("failing reload: %w", err)
 	}
+	return nil
+}
+
+// sighup writes cfg, tells sent the time just before it signals SIGHUP,
+// and waits up to 5 s for one of the proxy's reload counts to move. It
+// reports whether the reload succeeded, and when the soak saw it.
+func (p *proxyProc) sighup(cfg proxyConfig, sent func(time.Time)) (bool, time.Time, error) {
+	m, err := p.metrics()
+	if err != nil {
+		return false, time.Time{}, err
+	}
 	okBefore, failedBefore := m[reloadsOK], m[reloadsFailed]
 	if err := p.writeConfig(cfg); err != nil {
-		return err
+		return false, time.Time{}, err
 	}
+	sent(time.Now())
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		return fmt.Errorf("failing reload: SIGHUP: %w", err)
+		return false, time.Time{}, fmt.Errorf("SIGHUP: %w", err)
 	}
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		m, err := p.metrics()
-		if err != nil {
-			continue
-		}
-		if m[reloadsOK] > okBefore {
-			return errors.New("failing reload: the proxy counted a reload that must fail as a success")
-		}
-		if m[reloadsFailed] > failedBefore {
-			return nil
+		switch {
+		case err != nil:
+		case m[reloadsOK] > okBefore:
+			return true, time.Now(), nil
+		case m[reloadsFailed] > failedBefore:
+			return false, time.Now(), nil
 		}
 	}
-	return errors.New("failing reload: the proxy's failed reload count did not move within 5s")
+	return false, time.Time{}, errors.New("neither of the proxy's reload counts moved within 5s")
 }
 
 // listening returns what the proxy says it listens on, from /status:

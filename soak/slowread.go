@@ -164,12 +164,13 @@ func (s *slowReaders) nextSeed() uint64 {
 func (s *slowReaders) session() {
 	seed := s.nextSeed()
 	start := time.Now()
-	s.made.Add(1)
 	got, err := s.read(seed)
 	s.bytes.Add(int64(got))
+	if errors.Is(err, errStopped) {
+		return
+	}
+	s.made.Add(1)
 	switch {
-	case errors.Is(err, errStopped):
-		s.made.Add(-1)
 	case err == nil && got == s.plan.size:
 		s.ok.Add(1)
 	default:
